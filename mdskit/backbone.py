@@ -65,8 +65,22 @@ class VisionLanguageBackbone(nn.Module):
     hidden_size: int
     token_grid: tuple[int, int]
 
-    def token_frame(self, image_size: tuple[int, int]) -> Frame:
-        """The frame that the image-token grid covers, for an image size."""
+    def setup(self, corpus: Sequence[str]) -> None:
+        """Finish building a freshly configured backbone before training.
+
+        Backbones whose vocabulary is learned from the training texts (a
+        small tokenizer trained from scratch) build it here. A backbone that
+        was loaded from a checkpoint ignores the call.
+        """
+
+    def token_frame(self, image_size: tuple[int, int], decoder_frame: Frame) -> Frame:
+        """The frame that the image-token grid covers, for an image size.
+
+        Args:
+            image_size: (H, W) of the image.
+            decoder_frame: The mask decoder's frame for that image, for
+                backbones that reuse the decoder's image embeddings.
+        """
         raise NotImplementedError
 
     def image_features(self, images: Sequence[np.ndarray], image_embeddings: torch.Tensor) -> torch.Tensor:

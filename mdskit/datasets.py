@@ -31,12 +31,18 @@ class DatasetAdapter:
         label_set: Every diagnosis label, in a fixed order.
         default_folder: Folder name of the public release, used to find the
             dataset below a data root.
+        embedded: True for a dataset that is generated in memory and needs
+            no folder; its constructor accepts ``root=None``.
+        description: One line saying what the data is, shown when a run
+            uses an embedded dataset.
     """
 
     name: ClassVar[str]
     modality: ClassVar[str]
     label_set: ClassVar[tuple[str, ...]]
     default_folder: ClassVar[str] = ""
+    embedded: ClassVar[bool] = False
+    description: ClassVar[str] = ""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -64,22 +70,23 @@ def _stable_hash(text: str) -> int:
 def split_cases(cases: list[MdsSample]) -> dict[str, list[MdsSample]]:
     """Split cases into train, val and test, deterministically.
 
-    Cases that share a ``group`` always land in the same split, even when
-    their labels differ. Groups are stratified by the label of their first
-    case (in case-id order); within each label they are ordered by a hash
-    of their key and cut 60/20/20. The result depends neither on file
-    order nor on the machine.
+    Cases of one dataset that share a ``group`` always land in the same
+    split, even when their labels differ. Groups are stratified by dataset
+    and by the label of their first case in case-id order. Within each
+    stratum, groups are ordered by a hash of their key and cut 60/20/20.
+    The result depends neither on file order nor on the machine, and a
+    list that pools several datasets is split per dataset.
     """
-    groups: dict[str, list[MdsSample]] = defaultdict(list)
-    for case in sorted(cases, key=lambda case: case.case_id):
-        groups[case.group or case.case_id].append(case)
-    keys_by_label: dict[str, list[str]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[MdsSample]] = defaultdict(list)
+    for case in sorted(cases, key=lambda case: (case.dataset, case.case_id)):
+        groups[(case.dataset, case.group or case.case_id)].append(case)
+    keys_by_stratum: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
     for key, members in groups.items():
-        keys_by_label[members[0].label].append(key)
+        keys_by_stratum[(key[0], members[0].label)].append(key)
 
     splits: dict[str, list[MdsSample]] = {name: [] for name in SPLITS}
-    for label, keys in sorted(keys_by_label.items()):
-        keys.sort(key=lambda key: (_stable_hash(f"{label}/{key}"), key))
+    for (_, label), keys in sorted(keys_by_stratum.items()):
+        keys.sort(key=lambda key: (_stable_hash(f"{label}/{key[1]}"), key))
         n_train = round(len(keys) * SPLIT_FRACTIONS[0])
         n_val = round(len(keys) * SPLIT_FRACTIONS[1])
         cuts = {"train": keys[:n_train], "val": keys[n_train:n_train + n_val], "test": keys[n_train + n_val:]}
@@ -87,5 +94,5 @@ def split_cases(cases: list[MdsSample]) -> dict[str, list[MdsSample]]:
             for key in split_keys:
                 splits[name].extend(groups[key])
     for name in SPLITS:
-        splits[name].sort(key=lambda case: case.case_id)
+        splits[name].sort(key=lambda case: (case.dataset, case.case_id))
     return splits

@@ -26,8 +26,8 @@ class DecoderPrompts:
         boxes: B x 4 boxes, xyxy in prompt-frame pixels, or None.
         points: (B x K x 2 xy coordinates in prompt-frame pixels,
             B x K labels with 1 foreground and 0 background), or None.
-        similarity: B x H x W similarity maps in the image frame, kept for
-            inspection, or None.
+        similarity: Per sample, an H x W similarity map in that image's
+            frame (sizes differ between images), kept for inspection, or None.
     """
 
     dense_masks: torch.Tensor | None = None

@@ -22,18 +22,19 @@ class Role:
 
     key: str
     title: str
+    singular: str
     base: type
     hook: str
 
 
 ROLES: tuple[Role, ...] = (
-    Role("backbone", "vision-language backbones", VisionLanguageBackbone, "mdskit_backbones"),
-    Role("prompt", "prompt modules", PromptModule, "mdskit_prompt_modules"),
-    Role("decoder", "mask decoders", MaskDecoder, "mdskit_mask_decoders"),
-    Role("tts", "test-time scaling strategies", TestTimeScaling, "mdskit_tts_strategies"),
-    Role("dataset", "dataset adapters", DatasetAdapter, "mdskit_dataset_adapters"),
-    Role("metric", "metrics", Metric, "mdskit_metrics"),
-    Role("cot", "chain-of-thought generators", CotGenerator, "mdskit_cot_generators"),
+    Role("backbone", "vision-language backbones", "vision-language backbone", VisionLanguageBackbone, "mdskit_backbones"),
+    Role("prompt", "prompt modules", "prompt module", PromptModule, "mdskit_prompt_modules"),
+    Role("decoder", "mask decoders", "mask decoder", MaskDecoder, "mdskit_mask_decoders"),
+    Role("tts", "test-time scaling strategies", "test-time scaling strategy", TestTimeScaling, "mdskit_tts_strategies"),
+    Role("dataset", "dataset adapters", "dataset adapter", DatasetAdapter, "mdskit_dataset_adapters"),
+    Role("metric", "metrics", "metric", Metric, "mdskit_metrics"),
+    Role("cot", "chain-of-thought generators", "chain-of-thought generator", CotGenerator, "mdskit_cot_generators"),
 )
 ROLE_BY_KEY = {role.key: role for role in ROLES}
 
@@ -80,7 +81,7 @@ class Components:
         if name in self.providers[role_key]:
             first = self.providers[role_key][name]
             self.failures.append(PluginFailure(
-                plugin, f"{role.title[:-1]} '{name}' is already registered by plugin '{first}'; "
+                plugin, f"{role.singular} '{name}' is already registered by plugin '{first}'; "
                         f"rename it or disable one of the two plugins."))
             return
         self.registries[role_key].register_module(name=name, module=component)
@@ -97,7 +98,7 @@ class Components:
             role = ROLE_BY_KEY[role_key]
             choices = ", ".join(self.names(role_key)) or "none registered"
             hint = self._failure_hint()
-            raise ConfigError(f"unknown {role.title[:-1]} '{name}'; choose one of: {choices}.{hint}")
+            raise ConfigError(f"unknown {role.singular} '{name}'; choose one of: {choices}.{hint}")
         return component
 
     def _failure_hint(self) -> str:

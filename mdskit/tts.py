@@ -7,6 +7,7 @@ receives one :class:`Candidate` per path, and returns one
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -48,9 +49,10 @@ class Selection:
         text: The chosen answer text.
         diagnosis: The chosen diagnosis, or None when no candidate had one.
         mask: H x W bool mask in the image frame.
-        chosen: Indices of the candidates that shaped the answer.
-        agreement: H x W float map in [0, 1], the share of the chosen
-            candidates that mark each pixel, or None for a single candidate.
+        chosen: Path indices of the candidates that shaped the answer.
+        agreement: H x W float map in [0, 1], the share of the fused
+            masks (those of the chosen candidates with ``[SEG]``) that mark
+            each pixel, or None when the strategy fuses no masks.
         failure: Why no valid answer was found, or None.
     """
 
@@ -66,17 +68,29 @@ class TestTimeScaling:
     """Base class of test-time scaling strategies.
 
     Args:
-        num_paths: Answers sampled per request (m).
+        num_paths: Answers sampled per request (m), from 1 to
+            :attr:`MAX_NUM_PATHS`.
         temperature: Sampling temperature; ignored when ``num_paths`` is 1,
             which decodes greedily.
     """
 
     __test__ = False  # not a pytest test class despite the name
     name: ClassVar[str]
+    MAX_NUM_PATHS: ClassVar[int] = 64
+    """Upper bound on ``num_paths``, set to catch typos such as 400 for 4,
+    because every path costs one generation and one mask decode. It is not a
+    memory limit."""
 
     def __init__(self, num_paths: int = 1, temperature: float = 1.0) -> None:
+        if isinstance(num_paths, bool) or not isinstance(num_paths, numbers.Integral):
+            raise ConfigError(f"num_paths must be an integer, got {num_paths!r}.")
         if num_paths < 1:
             raise ConfigError(f"num_paths must be at least 1, got {num_paths}.")
+        if num_paths > self.MAX_NUM_PATHS:
+            raise ConfigError(
+                f"num_paths {num_paths} exceeds the maximum of {self.MAX_NUM_PATHS} paths per request. "
+                "Set a smaller num_paths."
+            )
         if num_paths > 1 and temperature <= 0:
             raise ConfigError(
                 f"temperature {temperature} with num_paths {num_paths} samples identical paths; "

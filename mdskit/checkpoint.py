@@ -1,0 +1,163 @@
+"""Checkpoint folders: safetensors weights, the method record and resume state.
+
+Layout of a checkpoint folder::
+
+    method.json             method definition, mdskit version, training step
+    backbone/               the backbone, in transformers' format
+    model.safetensors       every other weight of the composite model
+    optimizer.safetensors   AdamW state, for resuming (optional)
+
+Folders are written beside the target and swapped in, so an interrupted
+save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .errors import CheckpointError
+from .methods import MethodSpec
+from .model import MdsModel
+
+logger = logging.getLogger(__name__)
+
+METHOD_FILE = "method.json"
+BACKBONE_FOLDER = "backbone"
+WEIGHTS_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+def save_checkpoint(folder: Path, model: MdsModel, spec: MethodSpec, step: int,
+                    optimizer: torch.optim.Optimizer | None = None, extra: dict[str, Any] | None = None) -> None:
+    """Write a checkpoint folder atomically (a crash keeps the previous one)."""
+    folder = Path(folder)
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    model.backbone.save_pretrained(staging / BACKBONE_FOLDER)
+    weights = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()
+               if not key.startswith("backbone.")}
+    save_file(weights, str(staging / WEIGHTS_FILE))
+    record = {"mdskit_version": __version__, "method": spec.as_dict(), "step": step, **(extra or {})}
+    if optimizer is not None:
+        tensors, groups = _flatten_optimizer(optimizer)
+        save_file(tensors, str(staging / OPTIMIZER_FILE))
+        record["optimizer_param_groups"] = groups
+    (staging / METHOD_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+    previous = folder.with_name(folder.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if folder.exists():
+        folder.rename(previous)
+    staging.rename(folder)
+    shutil.rmtree(previous, ignore_errors=True)
+    logger.info("saved checkpoint at step %d to %s", step, folder)
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    """The ``method.json`` record of a checkpoint folder."""
+    folder = recover_folder(Path(folder))
+    path = folder / METHOD_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder} is not an mdskit checkpoint (no {METHOD_FILE}); pass a folder written by "
+            "'mdskit train' or 'mdskit run' (OUT/checkpoint).")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is corrupt ({error}); retrain or restore the checkpoint.") from error
+
+
+def recover_folder(folder: Path) -> Path:
+    """The checkpoint folder, or its previous copy when a save was interrupted mid-swap."""
+    previous = folder.with_name(folder.name + ".previous")
+    if not folder.exists() and previous.exists():
+        logger.warning("checkpoint %s was being replaced when a run stopped; using its previous copy", folder)
+        previous.rename(folder)
+    return folder
+
+
+def check_matches(record: dict[str, Any], spec: MethodSpec, folder: Path) -> None:
+    """Raise CheckpointError when the checkpoint was trained for other components."""
+    stored = record.get("method", {})
+    wanted = spec.as_dict()
+    for key in ("backbone", "prompt", "decoder"):
+        if _architecture(stored.get(key)) != _architecture(wanted.get(key)):
+            raise CheckpointError(
+                f"checkpoint {folder} was trained for method '{stored.get('name')}' with {key} "
+                f"{stored.get(key)!r}, but method '{spec.name}' uses {wanted.get(key)!r}; run "
+                f"'mdskit run {stored.get('name')} --checkpoint {folder}' or train a new checkpoint.")
+
+
+def _architecture(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    # The backbone's own folder is stored in the checkpoint, so where it was
+    # first loaded from does not matter.
+    if entry is None:
+        return None
+    return {key: value for key, value in entry.items() if key != "pretrained"}
+
+
+def load_weights(folder: Path, model: MdsModel) -> None:
+    """Load ``model.safetensors`` into the non-backbone part of ``model``."""
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, retrain it.")
+    state = load_file(str(path))
+    missing, unexpected = _load_partial(model, state)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match the method: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}; "
+            "use the method the checkpoint was trained for.")
+
+
+def _load_partial(model: MdsModel, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    expected = {key for key in model.state_dict() if not key.startswith("backbone.")}
+    missing = sorted(expected - state.keys())
+    unexpected = sorted(state.keys() - expected)
+    if not missing and not unexpected:
+        model.load_state_dict(state, strict=False)
+    return missing, unexpected
+
+
+def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer, record: dict[str, Any]) -> bool:
+    """Restore AdamW state saved with the checkpoint; False when there is none."""
+    path = Path(folder) / OPTIMIZER_FILE
+    if not path.is_file() or "optimizer_param_groups" not in record:
+        return False
+    tensors = load_file(str(path))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": record["optimizer_param_groups"]})
+    return True
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    state_dict = optimizer.state_dict()
+    tensors = {}
+    for index, entries in state_dict["state"].items():
+        for name, value in entries.items():
+            tensor = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"state.{index}.{name}"] = tensor.detach().contiguous().cpu()
+    groups = [{key: (list(value) if isinstance(value, tuple) else value) for key, value in group.items()}
+              for group in state_dict["param_groups"]]
+    return tensors, groups
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)

@@ -1,0 +1,239 @@
+"""``registry.yaml``: method definitions, their validation and building.
+
+A method combines registered components: a backbone, an optional prompt
+module, a mask decoder and a chain-of-thought generator, plus training
+settings. Every component parameter is checked against the component's
+constructor signature, and every error names the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .registry import Components
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+TOP_LEVEL_KEYS = {"schema", "methods", "tts"}
+METHOD_KEYS = {"description", "backbone", "prompt", "decoder", "cot", "training", "provider"}
+COMPONENT_ROLES = {"backbone": "backbone", "prompt": "prompt", "decoder": "decoder", "cot": "cot"}
+OPTIONAL_COMPONENTS = {"prompt"}
+PRECISIONS = ("bfloat16", "float16", "float32")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Training settings of a method.
+
+    Attributes:
+        steps: Optimizer steps when no ``--train-steps`` is given.
+        batch_size: Samples per step.
+        lr: AdamW learning rate.
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay.
+        ce_weight: Weight of the token cross-entropy.
+        bce_weight: Weight of the per-pixel mask BCE.
+        dice_weight: Weight of the soft Dice loss.
+        checkpoint_every: Steps between checkpoints (the last step is always saved).
+        grad_clip: Maximum gradient norm.
+        precision: Autocast dtype of the forward pass (``bfloat16`` or
+            ``float16``), or ``float32`` for full precision. Weights and
+            optimizer state stay in float32 either way.
+    """
+
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 3.0e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    ce_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    checkpoint_every: int = 100
+    grad_clip: float = 1.0
+    precision: str = "bfloat16"
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A registered component name with its constructor parameters."""
+
+    type: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **self.params}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A validated method definition."""
+
+    name: str
+    description: str
+    backbone: ComponentSpec
+    prompt: ComponentSpec | None
+    decoder: ComponentSpec
+    cot: ComponentSpec
+    training: TrainingConfig
+    provider: str = "registry.yaml"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-data form, stored in checkpoints and run records."""
+        return {
+            "name": self.name,
+            "backbone": self.backbone.as_dict(),
+            "prompt": self.prompt.as_dict() if self.prompt else None,
+            "decoder": self.decoder.as_dict(),
+            "cot": self.cot.as_dict(),
+            "training": {item.name: getattr(self.training, item.name) for item in fields(self.training)},
+        }
+
+
+@dataclass
+class MethodRegistry:
+    """Every method definition and every TTS strategy's default parameters."""
+
+    methods: dict[str, MethodSpec]
+    tts_defaults: dict[str, dict[str, Any]]
+    source: str
+
+    def method(self, name: str) -> MethodSpec:
+        if name not in self.methods:
+            choices = ", ".join(sorted(self.methods)) or "none defined"
+            raise ConfigError(f"unknown method '{name}'; choose one of: {choices} (defined in {self.source}).")
+        return self.methods[name]
+
+
+def default_registry_path() -> Path:
+    """``$MDSKIT_REGISTRY``, else ``./registry.yaml``, else the one beside the package."""
+    if os.environ.get("MDSKIT_REGISTRY"):
+        return Path(os.environ["MDSKIT_REGISTRY"])
+    local = Path.cwd() / "registry.yaml"
+    if local.is_file():
+        return local
+    return Path(__file__).resolve().parents[1] / "registry.yaml"
+
+
+def load_registry(path: str | Path | None, components: Components,
+                  plugin_methods: dict[str, dict[str, Any]] | None = None) -> MethodRegistry:
+    """Read and validate ``registry.yaml``, adding methods that plugins define.
+
+    Raises:
+        ConfigError: naming the file, the key and the valid choices.
+    """
+    path = Path(path) if path else default_registry_path()
+    if not path.is_file():
+        raise ConfigError(f"registry file {path} not found; pass --registry PATH or run from the project folder.")
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    _check_keys(document, TOP_LEVEL_KEYS, f"{path}")
+    if document.get("schema") != SCHEMA_VERSION:
+        raise ConfigError(f"{path}: schema must be {SCHEMA_VERSION}, got {document.get('schema')!r}.")
+
+    methods: dict[str, MethodSpec] = {}
+    for name, definition in (plugin_methods or {}).items():
+        methods[name] = parse_method(name, definition, components, f"plugin {definition.get('provider', '?')}")
+    for name, definition in (document.get("methods") or {}).items():
+        methods[name] = parse_method(name, definition, components, f"{path}: methods.{name}")
+    tts_defaults = _parse_tts(document.get("tts") or {}, components, path)
+    return MethodRegistry(methods, tts_defaults, str(path))
+
+
+def parse_method(name: str, definition: Any, components: Components, where: str) -> MethodSpec:
+    """Validate one method definition."""
+    if not isinstance(definition, dict):
+        raise ConfigError(f"{where}: a method must be a mapping of components, got {definition!r}.")
+    _check_keys(definition, METHOD_KEYS, where)
+    specs: dict[str, ComponentSpec | None] = {}
+    for key, role in COMPONENT_ROLES.items():
+        entry = definition.get(key)
+        if entry is None:
+            if key not in OPTIONAL_COMPONENTS:
+                raise ConfigError(f"{where}: '{key}' is missing; name a registered component with 'type'.")
+            specs[key] = None
+            continue
+        specs[key] = parse_component(entry, role, components, f"{where}.{key}")
+    return MethodSpec(
+        name=name, description=" ".join(str(definition.get("description", "")).split()),
+        backbone=specs["backbone"], prompt=specs["prompt"], decoder=specs["decoder"], cot=specs["cot"],
+        training=parse_training(definition.get("training") or {}, f"{where}.training"),
+        provider=str(definition.get("provider", "registry.yaml")),
+    )
+
+
+def parse_component(entry: Any, role: str, components: Components, where: str) -> ComponentSpec:
+    """Validate ``{type: NAME, param: value, ...}`` against the registered class."""
+    if not isinstance(entry, dict) or "type" not in entry:
+        raise ConfigError(f"{where}: expected a mapping with a 'type' key, got {entry!r}.")
+    params = {key: value for key, value in entry.items() if key != "type"}
+    try:
+        component = components.get(role, str(entry["type"]))
+    except ConfigError as error:
+        raise ConfigError(f"{where}.type: {error}") from None
+    check_params(component, params, where)
+    return ComponentSpec(str(entry["type"]), copy.deepcopy(params))
+
+
+def check_params(component: type, params: dict[str, Any], where: str) -> None:
+    """Raise ConfigError when ``params`` holds a key the constructor does not take."""
+    signature = inspect.signature(component.__init__)
+    accepted = [name for name, parameter in signature.parameters.items()
+                if name != "self" and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)]
+    takes_any = any(parameter.kind == parameter.VAR_KEYWORD for parameter in signature.parameters.values())
+    for key in params:
+        if key not in accepted and not takes_any:
+            valid = ", ".join(accepted) or "none"
+            raise ConfigError(f"{where}: unknown parameter '{key}' for '{component.name}'; valid parameters: {valid}.")
+
+
+def parse_training(entry: Any, where: str) -> TrainingConfig:
+    """Validate a training section against :class:`TrainingConfig`."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {entry!r}.")
+    known = {item.name: item for item in fields(TrainingConfig)}
+    values: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key '{key}'; valid keys: {', '.join(known)}.")
+        values[key] = tuple(value) if key == "betas" else value
+    config = TrainingConfig(**values)
+    if config.steps < 0 or config.batch_size < 1 or config.checkpoint_every < 1:
+        raise ConfigError(f"{where}: steps must be >= 0, batch_size and checkpoint_every >= 1.")
+    if config.precision not in PRECISIONS:
+        raise ConfigError(f"{where}: precision '{config.precision}' is invalid; choose one of: {', '.join(PRECISIONS)}.")
+    return config
+
+
+def _parse_tts(entry: dict[str, Any], components: Components, path: Path) -> dict[str, dict[str, Any]]:
+    defaults: dict[str, dict[str, Any]] = {}
+    for name, params in entry.items():
+        where = f"{path}: tts.{name}"
+        strategy = components.get("tts", name) if name in components.names("tts") else None
+        if strategy is None:
+            logger.warning("%s: no registered strategy '%s'; its defaults are ignored", where, name)
+            continue
+        params = params or {}
+        check_params(strategy, params, where)
+        defaults[name] = dict(params)
+    return defaults
+
+
+def _check_keys(mapping: dict[str, Any], allowed: set[str], where: str) -> None:
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {mapping!r}.")
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key '{key}'; valid keys: {', '.join(sorted(allowed))}.")

@@ -1,0 +1,281 @@
+"""Train and evaluate a method on datasets: the work behind ``mdskit run``.
+
+The command line only parses options and shows progress; everything a run
+does lives here so that the benchmark harness and tests call the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .build import build_cot_generator, build_model, build_tts
+from .checkpoint import read_record, recover_folder
+from .cot import attach_text
+from .datasets import DatasetAdapter
+from .errors import DataError, MdskitError
+from .evaluation import predict, prediction_record, result_from_record
+from .methods import MethodRegistry, MethodSpec, load_registry
+from .metrics import CONVENTIONS, SampleResult, summarize
+from .model import MdsModel
+from .outputs import append_jsonl, overlay, provenance, read_jsonl, rewrite_jsonl, save_png, write_json
+from .plugins import load_plugins
+from .registry import Components
+from .sample import MdsSample
+from .training import ProgressCallback, Trainer, TrainResult
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATASET = "phantom"
+METRIC_NAMES = ("giou", "ciou", "dice", "accuracy", "macro_f1")
+
+
+@dataclass
+class Workspace:
+    """Loaded plugins and method definitions."""
+
+    components: Components
+    registry: MethodRegistry
+
+    @classmethod
+    def load(cls, registry_path: str | Path | None = None, disabled: tuple[str, ...] = ()) -> Workspace:
+        components, plugin_methods = load_plugins(disabled=disabled)
+        return cls(components, load_registry(registry_path, components, plugin_methods))
+
+
+@dataclass
+class RunSettings:
+    """Options of one ``mdskit run`` or ``mdskit train``.
+
+    Attributes:
+        method: Method name from ``registry.yaml``.
+        data: Dataset adapter name -> folder (None for embedded datasets).
+        out: Output folder; an existing one with the same settings is resumed.
+        ttss: Test-time scaling strategy name.
+        checkpoint: Trained checkpoint folder; None trains one in ``out``.
+        train_steps: Step budget; None takes the method's default.
+        seed: Seed of batch order, initialisation and sampling.
+        num_paths: Overrides the strategy's number of paths.
+        temperature: Overrides the strategy's sampling temperature.
+        max_samples: Cap on the samples per dataset and split (None: all).
+    """
+
+    method: str
+    data: dict[str, str | None] = field(default_factory=lambda: {DEFAULT_DATASET: None})
+    out: Path = Path("runs/default")
+    ttss: str = "none"
+    checkpoint: Path | None = None
+    train_steps: int | None = None
+    seed: int = 0
+    num_paths: int | None = None
+    temperature: float | None = None
+    max_samples: int | None = None
+
+    def fingerprint(self, spec: MethodSpec, tts_params: dict[str, Any]) -> str:
+        """Hash of everything that changes a run's results."""
+        settings = asdict(self)
+        settings.update(out=None, method=spec.as_dict(), tts_params=tts_params,
+                        checkpoint=str(self.checkpoint) if self.checkpoint else None)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def parse_data_option(values: tuple[str, ...], components: Components) -> dict[str, str | None]:
+    """Turn ``NAME=PATH`` options into a dataset mapping (the embedded default when empty)."""
+    if not values:
+        return {DEFAULT_DATASET: None}
+    data: dict[str, str | None] = {}
+    for value in values:
+        name, separator, path = value.partition("=")
+        name = name.strip()
+        adapter = components.get("dataset", name)
+        if not separator and not getattr(adapter, "embedded", False):
+            raise DataError(f"--data {value}: give a folder as {name}=PATH.")
+        data[name] = path or None
+    return data
+
+
+def open_datasets(components: Components, data: dict[str, str | None]) -> dict[str, DatasetAdapter]:
+    """Instantiate the adapters; a PATH may also be a folder that holds the public folder."""
+    adapters = {}
+    for name, path in data.items():
+        adapter_class = components.get("dataset", name)
+        if getattr(adapter_class, "embedded", False):
+            adapters[name] = adapter_class(None)
+            continue
+        root = Path(path)
+        nested = root / adapter_class.default_folder if adapter_class.default_folder else None
+        if nested is not None and nested.is_dir():
+            root = nested
+        adapters[name] = adapter_class(root)
+    return adapters
+
+
+def load_split(adapters: dict[str, DatasetAdapter], split: str, spec: MethodSpec, components: Components,
+               max_samples: int | None, seed: int) -> list[MdsSample]:
+    """Samples of one split of every dataset, with question and target answer attached."""
+    generator = build_cot_generator(spec, components)
+    samples: list[MdsSample] = []
+    for name, adapter in adapters.items():
+        cases = adapter.load_split(split)
+        if max_samples is not None:
+            cases = _stratified_head(cases, max_samples)
+        if not cases:
+            where = f" in {adapter.root}" if adapter.root else ""
+            raise DataError(f"dataset '{name}' has no {split} cases{where}; check the folder.")
+        samples.extend(cases)
+    attach_text(samples, generator, seed=seed)
+    return samples
+
+
+def _stratified_head(cases: list[MdsSample], limit: int) -> list[MdsSample]:
+    """The first ``limit`` cases, taken round-robin over labels so every label appears."""
+    by_label: dict[str, list[MdsSample]] = {}
+    for case in cases:
+        by_label.setdefault(case.label, []).append(case)
+    chosen: list[MdsSample] = []
+    queues = [list(group) for _, group in sorted(by_label.items())]
+    while len(chosen) < limit and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < limit:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
+@dataclass
+class RunResult:
+    """Outcome of ``run_method``: metrics and where outputs went."""
+
+    metrics: dict[str, Any]
+    out: Path
+    train: TrainResult | None
+
+
+def prepare_model(workspace: Workspace, spec: MethodSpec, settings: RunSettings,
+                  adapters: dict[str, DatasetAdapter], progress: ProgressCallback | None) -> tuple[MdsModel, TrainResult | None]:
+    """Load the given checkpoint, or train (resuming) one under ``out/checkpoint``."""
+    if settings.checkpoint is not None:
+        return build_model(spec, workspace.components, settings.checkpoint), None
+
+    folder = recover_folder(settings.out / "checkpoint")
+    train_samples = load_split(adapters, "train", spec, workspace.components, settings.max_samples, settings.seed)
+    start = 0
+    torch.manual_seed(settings.seed)
+    if folder.exists():
+        start = int(read_record(folder)["step"])
+        model = build_model(spec, workspace.components, folder)
+        logger.info("resuming training from %s at step %d", folder, start)
+    else:
+        model = build_model(spec, workspace.components)
+        model.backbone.setup([text for sample in train_samples for text in (sample.question, sample.answer)])
+        model.rebuild_projection()
+    trainer = Trainer(model, spec, train_samples, folder, steps=settings.train_steps, seed=settings.seed,
+                      progress=progress)
+    return model, trainer.fit(start_step=start)
+
+
+def run_method(settings: RunSettings, workspace: Workspace | None = None,
+               progress: ProgressCallback | None = None,
+               on_sample: Callable[[int, int], None] | None = None) -> RunResult:
+    """Train (or load) a method, evaluate it on the test splits and write the outputs."""
+    workspace = workspace or Workspace.load()
+    spec = workspace.registry.method(settings.method)
+    strategy = build_tts(settings.ttss, workspace.components, workspace.registry,
+                         settings.num_paths, settings.temperature)
+    tts_params = {"num_paths": strategy.num_paths, "temperature": strategy.temperature}
+    out = settings.out
+    _claim_folder(out, settings.fingerprint(spec, tts_params), settings)
+
+    adapters = open_datasets(workspace.components, settings.data)
+    model, train_result = prepare_model(workspace, spec, settings, adapters, progress)
+    test_samples = load_split(adapters, "test", spec, workspace.components, settings.max_samples, settings.seed)
+    results = _evaluate(model, test_samples, strategy, settings, on_sample)
+
+    metrics = {
+        "method": spec.name,
+        "ttss": settings.ttss,
+        "tts_params": tts_params,
+        **summarize(results, [workspace.components.get("metric", name)() for name in METRIC_NAMES]),
+        "conventions": CONVENTIONS,
+        "data": {name: _describe(adapter) for name, adapter in adapters.items()},
+        "provenance": {**provenance(settings.seed, model.device), "train_steps": _budget(spec, settings),
+                       "checkpoint": str(settings.checkpoint or out / "checkpoint")},
+    }
+    write_json(out / "metrics.json", metrics)
+    return RunResult(metrics, out, train_result)
+
+
+def train_only(settings: RunSettings, workspace: Workspace | None = None,
+               progress: ProgressCallback | None = None) -> TrainResult | None:
+    """Train a method into ``out/checkpoint`` without evaluating it."""
+    workspace = workspace or Workspace.load()
+    spec = workspace.registry.method(settings.method)
+    _claim_folder(settings.out, settings.fingerprint(spec, {}), settings)
+    adapters = open_datasets(workspace.components, settings.data)
+    _, result = prepare_model(workspace, spec, settings, adapters, progress)
+    return result
+
+
+def _budget(spec: MethodSpec, settings: RunSettings) -> int:
+    return spec.training.steps if settings.train_steps is None else settings.train_steps
+
+
+def _describe(adapter: DatasetAdapter) -> str:
+    return adapter.description if adapter.embedded else str(adapter.root)
+
+
+def _claim_folder(out: Path, fingerprint: str, settings: RunSettings) -> None:
+    """Create ``out`` or check that it belongs to a run with the same settings."""
+    record_path = out / "run.json"
+    if record_path.is_file():
+        stored = json.loads(record_path.read_text(encoding="utf-8"))
+        if stored.get("fingerprint") != fingerprint:
+            raise MdskitError(
+                f"{out} holds a run with other settings (method {stored.get('method')}, "
+                f"ttss {stored.get('ttss')}); pass another --out or delete the folder.")
+        logger.info("resuming the run in %s", out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(record_path, {"fingerprint": fingerprint, "method": settings.method, "ttss": settings.ttss,
+                             "settings": {key: str(value) for key, value in asdict(settings).items()}})
+
+
+def _evaluate(model: MdsModel, samples: list[MdsSample], strategy, settings: RunSettings,
+              on_sample: Callable[[int, int], None] | None) -> list[SampleResult]:
+    """Predict every sample not yet in ``predictions.jsonl`` and score all of them."""
+    path = settings.out / "predictions.jsonl"
+    by_uid = {sample.uid: sample for sample in samples}
+    done = {record["id"]: record for record in read_jsonl(path) if record.get("id") in by_uid}
+    rewrite_jsonl(path, list(done.values()))
+    if done:
+        logger.info("%d of %d samples already predicted in %s", len(done), len(samples), path)
+
+    results = []
+    for index, sample in enumerate(samples):
+        if sample.uid in done:
+            results.append(result_from_record(done[sample.uid], sample))
+        else:
+            prediction = predict(model, sample, strategy, seed=settings.seed)
+            result = prediction.score()
+            _save_images(settings.out, prediction)
+            append_jsonl(path, prediction_record(prediction, result))
+            results.append(result)
+        if on_sample:
+            on_sample(index + 1, len(samples))
+    return results
+
+
+def _save_images(out: Path, prediction) -> None:
+    sample = prediction.sample
+    name = f"{sample.dataset}/{sample.case_id.replace('/', '_')}.png"
+    save_png(out / "masks" / name, prediction.mask)
+    save_png(out / "overlays" / name, overlay(sample.image, prediction.mask))
+    if prediction.selection.agreement is not None:
+        agreement = (prediction.selection.agreement.detach().cpu().float().numpy() * 255).round()
+        save_png(out / "agreement" / name, agreement.astype("uint8"))

@@ -1,0 +1,1 @@
+"""First-party plugin: a LLaVA-style vision-language backbone with ``[SEG]``."""
