@@ -61,7 +61,7 @@ def _user_errors(out: Path | None = None):
     try:
         yield
     except MdskitError as error:
-        console.print(f"[bold red]Error:[/] {error}", highlight=False)
+        console.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         kept = f"; finished work is kept in {out}, rerun the same command to resume" if out else ""
