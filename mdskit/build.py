@@ -46,13 +46,13 @@ def build_model(spec: MethodSpec, components: Components, checkpoint: str | Path
 
 
 def build_cot_generator(spec: MethodSpec, components: Components) -> CotGenerator:
-    """The chain-of-thought generator that writes the method's training answers."""
+    """Build the chain-of-thought generator that writes the method's training answers."""
     return build_component(components, "cot", spec.cot)
 
 
 def build_tts(name: str, components: Components, registry: MethodRegistry,
               num_paths: int | None = None, temperature: float | None = None) -> TestTimeScaling:
-    """A TTS strategy with ``registry.yaml`` defaults and command-line overrides."""
+    """Build a TTS strategy from ``registry.yaml`` defaults and command-line overrides."""
     strategy = components.get("tts", name)
     params = dict(registry.tts_defaults.get(name, {}))
     if num_paths is not None:

@@ -65,7 +65,7 @@ def save_checkpoint(folder: Path, model: MdsModel, spec: MethodSpec, step: int,
 
 
 def read_record(folder: Path) -> dict[str, Any]:
-    """The ``method.json`` record of a checkpoint folder."""
+    """Read the ``method.json`` record of a checkpoint folder."""
     folder = recover_folder(Path(folder))
     path = folder / METHOD_FILE
     if not path.is_file():
@@ -79,7 +79,7 @@ def read_record(folder: Path) -> dict[str, Any]:
 
 
 def recover_folder(folder: Path) -> Path:
-    """The checkpoint folder, or its previous copy when a save was interrupted mid-swap."""
+    """Restore the previous copy of a checkpoint folder whose save was interrupted mid-swap."""
     previous = folder.with_name(folder.name + ".previous")
     if not folder.exists() and previous.exists():
         logger.warning("checkpoint %s was being replaced when a run stopped; using its previous copy", folder)

@@ -86,7 +86,7 @@ def _sample_seed(seed: int, uid: str) -> int:
 
 
 def prediction_record(prediction: Prediction, result: SampleResult) -> dict:
-    """The ``predictions.jsonl`` line of one sample."""
+    """Build the ``predictions.jsonl`` record of one sample."""
     sample, selection = prediction.sample, prediction.selection
     return {
         "id": sample.uid,

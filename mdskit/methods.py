@@ -188,7 +188,7 @@ def parse_component(entry: Any, role: str, components: Components, where: str) -
 
 
 def check_params(component: type, params: dict[str, Any], where: str) -> None:
-    """Raise ConfigError when ``params`` holds a key the constructor does not take."""
+    """Raise ConfigError when ``params`` contains a key the constructor does not take."""
     signature = inspect.signature(component.__init__)
     accepted = [name for name, parameter in signature.parameters.items()
                 if name != "self" and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)]

@@ -43,7 +43,7 @@ class EncodedImages:
     token_frames: list[Frame]
 
     def select(self, rows: Sequence[int]) -> EncodedImages:
-        """The encoded images at ``rows``, repeated as often as listed."""
+        """Select the encoded images at ``rows``, repeating those listed more than once."""
         index = torch.as_tensor(list(rows), device=self.image_embeddings.device, dtype=torch.long)
         return EncodedImages(self.image_embeddings[index], self.image_features[index],
                              [self.decoder_frames[row] for row in rows], [self.token_frames[row] for row in rows])

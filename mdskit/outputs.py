@@ -39,7 +39,7 @@ def save_png(path: Path, array: np.ndarray) -> None:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The image with the mask tinted red and its border drawn."""
+    """Tint the mask red on a copy of the image and draw its border."""
     tinted = image.astype(np.float32)
     tinted[mask] = (1 - OVERLAY_ALPHA) * tinted[mask] + OVERLAY_ALPHA * OVERLAY_COLOUR
     border = mask & ~_eroded(mask)

@@ -92,7 +92,7 @@ class Components:
         return sorted(self.providers[role_key])
 
     def get(self, role_key: str, name: str) -> type:
-        """The component class registered as ``name``, or a ConfigError listing the choices."""
+        """Return the class registered as ``name``; raise ConfigError listing the choices if none is."""
         component = self.registries[role_key].get(name) if name in self.providers[role_key] else None
         if component is None:
             role = ROLE_BY_KEY[role_key]

@@ -1,7 +1,7 @@
 """Train and evaluate a method on datasets: the work behind ``mdskit run``.
 
-The command line only parses options and shows progress; everything a run
-does lives here so that the benchmark harness and tests call the same code.
+The command line only parses options and shows progress. Everything a run
+does lives here, so the benchmark harness and the tests call the same code.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ def parse_data_option(values: tuple[str, ...], components: Components) -> dict[s
 
 
 def open_datasets(components: Components, data: dict[str, str | None]) -> dict[str, DatasetAdapter]:
-    """Instantiate the adapters; a PATH may also be a folder that holds the public folder."""
+    """Instantiate the adapters. A PATH may also be a folder that contains the public folder."""
     adapters = {}
     for name, path in data.items():
         adapter_class = components.get("dataset", name)
@@ -135,7 +135,7 @@ def load_split(adapters: dict[str, DatasetAdapter], split: str, spec: MethodSpec
 
 
 def _stratified_head(cases: list[MdsSample], limit: int) -> list[MdsSample]:
-    """The first ``limit`` cases, taken round-robin over labels so every label appears."""
+    """Take the first ``limit`` cases round-robin over labels, so every label appears."""
     by_label: dict[str, list[MdsSample]] = {}
     for case in cases:
         by_label.setdefault(case.label, []).append(case)
@@ -216,7 +216,10 @@ def train_only(settings: RunSettings, workspace: Workspace | None = None,
     """Train a method into ``out/checkpoint`` without evaluating it."""
     workspace = workspace or Workspace.load()
     spec = workspace.registry.method(settings.method)
-    _claim_folder(settings.out, settings.fingerprint(spec, {}), settings)
+    # The learning rate is constant and batch order depends only on the seed,
+    # so a checkpoint's first N steps do not depend on the budget: rerunning
+    # with a larger --train-steps continues training.
+    _claim_folder(settings.out, replace(settings, train_steps=None).fingerprint(spec, {}), settings)
     adapters = open_datasets(workspace.components, settings.data)
     _, result = prepare_model(workspace, spec, settings, adapters, progress)
     return result
@@ -237,7 +240,7 @@ def _claim_folder(out: Path, fingerprint: str, settings: RunSettings) -> None:
         stored = json.loads(record_path.read_text(encoding="utf-8"))
         if stored.get("fingerprint") != fingerprint:
             raise MdskitError(
-                f"{out} holds a run with other settings (method {stored.get('method')}, "
+                f"{out} contains a run with other settings (method {stored.get('method')}, "
                 f"ttss {stored.get('ttss')}); pass another --out or delete the folder.")
         logger.info("resuming the run in %s", out)
         return

@@ -35,7 +35,7 @@ ENCODE_CHUNK = 8
 
 @dataclass
 class TrainResult:
-    """What a training run did.
+    """Summary of one training run.
 
     Attributes:
         start_step: Step the run resumed from (0 for a fresh run).
@@ -74,7 +74,7 @@ class Trainer:
         model: The model; its backbone must already be built (``setup``).
         spec: The method, for its training settings and the checkpoint record.
         samples: Training samples with question and answer attached.
-        folder: Checkpoint folder; resumed from when it holds a checkpoint.
+        folder: Checkpoint folder, resumed from when it contains a checkpoint.
         steps: Step budget (overrides the method's default).
         seed: Seed of the batch order.
         progress: Optional progress callback.
@@ -100,6 +100,9 @@ class Trainer:
         """Run optimizer steps from ``start_step`` up to the budget."""
         if start_step > 0 and load_optimizer(self.folder, self.optimizer, read_record(self.folder)):
             logger.info("resumed the optimizer state at step %d", start_step)
+        if start_step > self.steps:
+            logger.warning("checkpoint is at step %d, past the budget of %d steps; it is used as it is",
+                           start_step, self.steps)
         if start_step >= self.steps:
             logger.info("checkpoint is at step %d of %d; nothing to train", start_step, self.steps)
             return TrainResult(start_step, self.steps, 0.0, {})

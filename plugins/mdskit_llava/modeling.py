@@ -65,7 +65,7 @@ class MdsLlavaForCausalLM(PreTrainedModel):
         """Token embeddings with projected image features at the ``<image>`` tokens.
 
         Args:
-            input_ids: B x L token ids; each row holds exactly T ``<image>`` tokens.
+            input_ids: B x L token ids; each row contains exactly T ``<image>`` tokens.
             image_features: B x T x Dv image features in token-grid order.
 
         Returns:
