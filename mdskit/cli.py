@@ -165,7 +165,7 @@ def _announce_data(workspace, data: dict[str, str | None]) -> None:
         adapter = workspace.components.get("dataset", name)
         if adapter.embedded:
             console.print(f"[bold]Data:[/] '{name}': {adapter.description}. Pass --data NAME=PATH for the public "
-                          "datasets.", highlight=False)
+                          "datasets.", highlight=False, soft_wrap=True)
 
 
 @contextmanager
