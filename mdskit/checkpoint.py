@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
@@ -73,9 +74,12 @@ def read_record(folder: Path) -> dict[str, Any]:
             f"{folder} is not an mdskit checkpoint (no {METHOD_FILE}); pass a folder written by "
             "'mdskit train' or 'mdskit run' (OUT/checkpoint).")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path} is corrupt ({error}); retrain or restore the checkpoint.") from error
+    if not isinstance(record, dict) or not isinstance(record.get("method"), dict) or "step" not in record:
+        raise CheckpointError(f"{path} lacks the method definition or step; retrain or restore the checkpoint.")
+    return record
 
 
 def recover_folder(folder: Path) -> Path:
@@ -112,7 +116,10 @@ def load_weights(folder: Path, model: MdsModel) -> None:
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, retrain it.")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is corrupt ({error}); retrain or restore the checkpoint.") from error
     missing, unexpected = _load_partial(model, state)
     if missing or unexpected:
         raise CheckpointError(

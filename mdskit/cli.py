@@ -63,8 +63,15 @@ def _user_errors(out: Path | None = None):
     except MdskitError as error:
         console.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except OSError as error:
+        # File-system failures (an --out that is a file, no write permission,
+        # a full disk) are input problems too, not bugs.
+        console.print(f"[bold red]Error:[/] {error}; check the path and its permissions.", highlight=False,
+                      soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
-        kept = f"; finished work is kept in {out}, rerun the same command to resume" if out else ""
+        kept = (f"; saved checkpoints and predicted samples are kept in {out}, rerun the same command to resume"
+                if out else "")
         console.print(f"[yellow]Interrupted{kept}.[/]")
         sys.exit(130)
 

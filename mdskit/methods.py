@@ -140,6 +140,8 @@ def load_registry(path: str | Path | None, components: Components,
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from error
     _check_keys(document, TOP_LEVEL_KEYS, f"{path}")
+    if not isinstance(document.get("methods") or {}, dict):
+        raise ConfigError(f"{path}: 'methods' must be a mapping of method names to definitions.")
     if document.get("schema") != SCHEMA_VERSION:
         raise ConfigError(f"{path}: schema must be {SCHEMA_VERSION}, got {document.get('schema')!r}.")
 
@@ -208,8 +210,15 @@ def parse_training(entry: Any, where: str) -> TrainingConfig:
     for key, value in entry.items():
         if key not in known:
             raise ConfigError(f"{where}: unknown key '{key}'; valid keys: {', '.join(known)}.")
-        values[key] = tuple(value) if key == "betas" else value
+        values[key] = tuple(value) if key == "betas" and isinstance(value, (list, tuple)) else value
     config = TrainingConfig(**values)
+    for item in fields(TrainingConfig):
+        value = getattr(config, item.name)
+        expected = {"int": int, "float": (int, float), "str": str}.get(str(item.type))
+        if expected and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise ConfigError(f"{where}.{item.name}: expected {item.type}, got {value!r}.")
+    if len(config.betas) != 2 or not all(isinstance(beta, (int, float)) for beta in config.betas):
+        raise ConfigError(f"{where}.betas: expected two numbers, got {config.betas!r}.")
     if config.steps < 0 or config.batch_size < 1 or config.checkpoint_every < 1:
         raise ConfigError(f"{where}: steps must be >= 0, batch_size and checkpoint_every >= 1.")
     if config.precision not in PRECISIONS:

@@ -95,7 +95,7 @@ def parse_data_option(values: tuple[str, ...], components: Components) -> dict[s
         name, separator, path = value.partition("=")
         name = name.strip()
         adapter = components.get("dataset", name)
-        if not separator and not getattr(adapter, "embedded", False):
+        if not adapter.embedded and not path.strip():
             raise DataError(f"--data {value}: give a folder as {name}=PATH.")
         data[name] = path or None
     return data
@@ -190,9 +190,9 @@ def run_method(settings: RunSettings, workspace: Workspace | None = None,
                          settings.num_paths, settings.temperature)
     tts_params = {"num_paths": strategy.num_paths, "temperature": strategy.temperature}
     out = settings.out
+    adapters = open_datasets(workspace.components, settings.data)
     _claim_folder(out, settings.fingerprint(spec, tts_params), settings)
 
-    adapters = open_datasets(workspace.components, settings.data)
     model, train_result = prepare_model(workspace, spec, settings, adapters, progress)
     test_samples = load_split(adapters, "test", spec, workspace.components, settings.max_samples, settings.seed)
     results = _evaluate(model, test_samples, strategy, settings, on_sample)
@@ -204,7 +204,7 @@ def run_method(settings: RunSettings, workspace: Workspace | None = None,
         **summarize(results, [workspace.components.get("metric", name)() for name in METRIC_NAMES]),
         "conventions": CONVENTIONS,
         "data": {name: _describe(adapter) for name, adapter in adapters.items()},
-        "provenance": {**provenance(settings.seed, model.device), "train_steps": _budget(spec, settings),
+        "provenance": {**provenance(settings.seed, model.device), "train_steps": _trained_steps(spec, settings),
                        "checkpoint": str(settings.checkpoint or out / "checkpoint")},
     }
     write_json(out / "metrics.json", metrics)
@@ -219,13 +219,16 @@ def train_only(settings: RunSettings, workspace: Workspace | None = None,
     # The learning rate is constant and batch order depends only on the seed,
     # so a checkpoint's first N steps do not depend on the budget: rerunning
     # with a larger --train-steps continues training.
-    _claim_folder(settings.out, replace(settings, train_steps=None).fingerprint(spec, {}), settings)
     adapters = open_datasets(workspace.components, settings.data)
+    _claim_folder(settings.out, replace(settings, train_steps=None).fingerprint(spec, {}), settings)
     _, result = prepare_model(workspace, spec, settings, adapters, progress)
     return result
 
 
-def _budget(spec: MethodSpec, settings: RunSettings) -> int:
+def _trained_steps(spec: MethodSpec, settings: RunSettings) -> int:
+    """Steps the evaluated model was trained for: the checkpoint's, else the budget."""
+    if settings.checkpoint is not None:
+        return int(read_record(settings.checkpoint)["step"])
     return spec.training.steps if settings.train_steps is None else settings.train_steps
 
 
@@ -239,9 +242,12 @@ def _claim_folder(out: Path, fingerprint: str, settings: RunSettings) -> None:
     if record_path.is_file():
         stored = json.loads(record_path.read_text(encoding="utf-8"))
         if stored.get("fingerprint") != fingerprint:
+            changed = sorted(key for key, value in stored.get("settings", {}).items()
+                             if value != str(asdict(settings).get(key)) and key != "out")
+            detail = f" ({', '.join(changed)} differ)" if changed else " (the method definition differs)"
             raise MdskitError(
-                f"{out} contains a run with other settings (method {stored.get('method')}, "
-                f"ttss {stored.get('ttss')}); pass another --out or delete the folder.")
+                f"{out} contains a run of method {stored.get('method')} with other settings{detail}; "
+                "pass another --out or delete the folder.")
         logger.info("resuming the run in %s", out)
         return
     out.mkdir(parents=True, exist_ok=True)

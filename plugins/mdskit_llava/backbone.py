@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 from mdskit import SEG_TOKEN
@@ -102,7 +103,7 @@ class LlavaBackbone(VisionLanguageBackbone):
         try:
             self.model = MdsLlavaForCausalLM.from_pretrained(folder)
             self.tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, SafetensorError) as error:
             raise CheckpointError(f"cannot load the llava backbone from {folder}: {error}") from error
         for token in (IMAGE_TOKEN, SEG_TOKEN):
             if token not in self.tokenizer.get_vocab():
