@@ -2,10 +2,10 @@
 
 Image embeddings come from the frozen encoder once per image (and from the
 decoder's cache after that). Checkpoints are written every
-``checkpoint_every`` steps and at the end; a run that finds a checkpoint
-resumes from its step with the saved optimizer state, and because batch
-order depends only on the seed and the epoch, the resumed run draws the
-same batches as an uninterrupted one.
+``checkpoint_every`` steps and at the end. A run that finds a checkpoint
+resumes from its step with the saved optimizer state. Batch order depends
+only on the seed and the epoch, so the resumed run draws the same batches
+as an uninterrupted one.
 """
 
 from __future__ import annotations

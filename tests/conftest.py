@@ -24,7 +24,7 @@ DATASET_FOLDERS = {
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """Folder that holds the four public datasets; skips the test when absent."""
+    """Return the folder that contains the four public datasets, skipping the test when it is absent."""
     if not DATA_ROOT.is_dir():
         pytest.skip(f"real datasets not found at {DATA_ROOT}; set MDSKIT_DATA_ROOT to their folder")
     return DATA_ROOT
