@@ -116,3 +116,42 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return completed.stdout.strip() or None
+
+
+# Stops of a dark-to-bright colour ramp (black, purple, red, orange, pale
+# yellow) that reads in greyscale print too, sampled from matplotlib's
+# "inferno" colour map at 0, 0.25, 0.5, 0.75 and 1.
+HEAT_STOPS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32)
+HEAT_ALPHA = 0.6
+
+
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """Map an H x W array of values in [0, 1] to H x W x 3 uint8 colours of the heat ramp."""
+    position = np.clip(np.nan_to_num(values.astype(np.float32)), 0.0, 1.0) * (len(HEAT_STOPS) - 1)
+    lower = np.minimum(position.astype(np.int64), len(HEAT_STOPS) - 2)
+    weight = (position - lower)[..., None]
+    colours = (1 - weight) * HEAT_STOPS[lower] + weight * HEAT_STOPS[lower + 1]
+    return colours.round().astype(np.uint8)
+
+
+def heat_overlay(image: np.ndarray, values: np.ndarray, alpha: float | np.ndarray = HEAT_ALPHA) -> np.ndarray:
+    """Blend a heat map of ``values`` (H x W, in [0, 1]) over an H x W x 3 uint8 image.
+
+    ``alpha`` is the map's opacity, one value or one per pixel (H x W).
+    """
+    alpha = np.asarray(alpha, dtype=np.float32)
+    if alpha.ndim == 2:
+        alpha = alpha[..., None]
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * heat_colours(values).astype(np.float32)
+    return blended.clip(0, 255).round().astype(np.uint8)
+
+
+def normalised(values: np.ndarray) -> np.ndarray:
+    """Rescale an array to [0, 1] by its minimum and maximum; a constant array becomes all 0."""
+    values = np.nan_to_num(values.astype(np.float64))
+    if values.size == 0:
+        return values
+    low, high = float(values.min()), float(values.max())
+    if high - low <= 0:
+        return np.zeros_like(values)
+    return (values - low) / (high - low)
