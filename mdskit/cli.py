@@ -1,4 +1,4 @@
-"""The ``mdskit`` command line: ``run``, ``train`` and ``list``.
+"""The ``mdskit`` command line: ``run``, ``train``, ``predict`` and ``list``.
 
 Only this module prints. Errors caused by input (``MdskitError``) end with
 one message and exit status 2; an interrupted run says where its results
@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -140,6 +141,90 @@ def train(context, method, out, data, train_steps, seed, max_samples):
             values = ", ".join(f"{key} {value:.3f}" for key, value in result.losses.items())
             output.print(f"Trained steps {result.start_step}-{result.steps} in {result.seconds:.0f} s ({values}).")
         output.print(f"Checkpoint: {out / 'checkpoint'}")
+
+
+def _parse_window(context, parameter, value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        centre, width = (float(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not CENTRE,WIDTH; write for example --window 40,400.") from None
+    if width < 1:
+        raise click.BadParameter(f"width {width:g} is below 1; give a positive window width.")
+    return centre, width
+
+
+@main.command()
+@click.argument("method")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--question", required=True, help="The clinical question asked about every image.")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="Trained checkpoint folder (default: runs/METHOD-train/checkpoint, then "
+                   "runs/METHOD-none/checkpoint).")
+@click.option("--ttss", default="none", show_default=True, help="Test-time scaling strategy.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Output folder for masks, overlays, maps, records and report.html; without it nothing is written.")
+@click.option("--window", callback=_parse_window, metavar="CENTRE,WIDTH",
+              help="DICOM and NIfTI intensity window in stored units after rescaling (HU for CT); "
+                   "default: the DICOM file's window, else the full range (DICOM) or 0.5-99.5 percentiles (NIfTI).")
+@click.option("--frame", type=click.IntRange(min=0),
+              help="Frame of a multi-frame DICOM or volume of a 4-D NIfTI, from 0.")
+@click.option("--axis", type=click.IntRange(0, 2), default=2, show_default=True,
+              help="NIfTI voxel axis that --slice indexes.")
+@click.option("--slice", "slice_index", type=click.IntRange(min=0), help="NIfTI slice index along --axis, from 0.")
+@click.option("--labels", help="Comma-separated diagnoses to read the answer against "
+                               "(default: every registered dataset's labels).")
+@click.option("--paths", "num_paths", type=int, help="Sampled paths per request (m) for the strategy.")
+@click.option("--temperature", type=float, help="Sampling temperature for the strategy.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled paths.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON instead of text.")
+@click.pass_context
+def predict(context, method, images, question, checkpoint, ttss, out, window, frame, axis, slice_index, labels,
+            num_paths, temperature, seed, as_json):
+    """Predict a chain of thought, diagnosis and mask with METHOD for each image file.
+
+    IMAGES may be PNG, JPEG, BMP, TIFF, DICOM or NIfTI files.
+    """
+    import json
+
+    from .predict import PredictSettings, predict_files
+
+    with _user_errors():
+        workspace = _workspace(context)
+        label_set = tuple(label.strip() for label in labels.split(",") if label.strip()) if labels else None
+        settings = PredictSettings(method=method, images=list(images), question=question, checkpoint=checkpoint,
+                                   ttss=ttss, out=out, window=window, frame=frame, axis=axis,
+                                   slice_index=slice_index, labels=label_set, num_paths=num_paths,
+                                   temperature=temperature, seed=seed)
+        on_case = None if as_json else _print_case
+        cases = predict_files(settings, workspace, on_case=on_case)
+        if as_json:
+            output.print_json(json.dumps([case.record for case in cases], default=str))
+        elif out is not None:
+            output.print(f"Report: {out / 'report.html'}; records: {out / 'predictions.json'}", highlight=False)
+
+
+def _print_case(case) -> None:
+    record = case.record
+
+    def line(text: str) -> None:
+        output.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    output.print(f"[bold]{escape(record['input']['path'])}[/] ({record['seconds']:.1f} s)", highlight=False,
+                 soft_wrap=True)
+    line(f"  Chain of thought: {record['chain_of_thought'] or '-'}")
+    diagnosis = record["diagnosis"] or (f"none of the labels ({record['diagnosis_text']!r})"
+                                        if record["diagnosis_text"] else "none")
+    line(f"  Diagnosis: {diagnosis}")
+    if record["failure"]:
+        line(f"  Failure: {record['failure']}")
+    line(f"  Mask: {record['mask_area_pixels']} pixels")
+    for key, path in case.files.items():
+        if key != "image":
+            line(f"  {key}: {path}")
+    if not record["similarity_map"]["available"]:
+        line(f"  similarity: none, {record['similarity_map']['reason']}")
 
 
 @main.command(name="list")

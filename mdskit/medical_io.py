@@ -177,6 +177,11 @@ def _decode_frame(path: Path, dataset, frame_index: int, frames: int) -> np.ndar
 
     file_meta = getattr(dataset, "file_meta", None)
     syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    # pydicom logs each failed decoder with a traceback before it raises; the
+    # DataError below replaces that with one message.
+    pydicom_logger = logging.getLogger("pydicom")
+    level = pydicom_logger.level
+    pydicom_logger.setLevel(logging.CRITICAL)
     try:
         return pixel_array(dataset, index=frame_index if frames > 1 else None, raw=False)
     except (NotImplementedError, RuntimeError) as error:
@@ -189,6 +194,8 @@ def _decode_frame(path: Path, dataset, frame_index: int, frames: int) -> np.ndar
     except (ValueError, AttributeError, KeyError) as error:
         raise DataError(f"DICOM file {path} has pixel data that does not decode ({type(error).__name__}: "
                         f"{error}); the file is damaged or lacks image attributes, so export it again.") from error
+    finally:
+        pydicom_logger.setLevel(level)
 
 
 def _dicom_grey(dataset, pixels: np.ndarray, photometric: str,
@@ -223,7 +230,9 @@ def _dicom_grey(dataset, pixels: np.ndarray, photometric: str,
 
 def _first_value(value) -> float:
     """Return the first of a multi-valued DICOM attribute, or the value itself."""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    from pydicom.multival import MultiValue
+
+    if isinstance(value, (list, tuple, MultiValue)):
         return float(value[0])
     return float(value)
 
@@ -341,7 +350,7 @@ def _choose_slice(path: Path, shape: tuple[int, ...], volume: int | None, axis: 
                   slice_index: int | None) -> tuple[dict[str, Any], tuple]:
     """Return the selection record and the index into the data array."""
     spatial = [int(size) for size in shape[:3]] + [1] * (3 - min(len(shape), 3))
-    if len(shape) > 4 or (len(shape) == 4 and any(size > 1 for size in shape[4:])):
+    if len(shape) > 4:
         raise DataError(f"NIfTI file {path} has {len(shape)} dimensions {tuple(shape)}; only 2-D, 3-D and "
                         "4-D images are supported.")
     volumes = int(shape[3]) if len(shape) == 4 else 1

@@ -1,0 +1,323 @@
+"""``mdskit predict`` on DICOM, NIfTI and PNG files with a tiny trained checkpoint.
+
+The checkpoint is a tiny Sim4Seg (a one-layer language model, a 4 x 4
+RVLS2M grid, the real LiteMedSAM decoder) trained for one step on one case
+of the embedded phantom dataset: enough to load and run every part of the
+prediction path, not to give sensible answers. Tests that need a mask and
+a similarity map replace the sampled answer texts with a template answer
+that holds ``[SEG]``; the teacher-forced pass, RVLS2M, the decoder and the
+test-time scaling that follow are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from html.parser import HTMLParser
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from mdskit.backbone import GeneratedAnswers
+from mdskit.cli import main
+from mdskit.evaluation import Prediction
+from mdskit.medical_io import read_input_image
+from mdskit.predict import build_record, split_answer
+from mdskit.runs import RunSettings, Workspace, train_only
+from mdskit.sample import MdsSample
+from mdskit.tts import Selection
+
+NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
+QUESTION = "Segment the breast lesion in this ultrasound image and give the diagnosis: benign, malignant or normal."
+ANSWER = "Modality: breast ultrasound. Findings: one hypoechoic lesion. Diagnosis: benign. Mask: [SEG]."
+
+TINY_REGISTRY = """
+    schema: 1
+    methods:
+      tiny-sim4seg:
+        backbone: {type: llava, hidden_size: 32, num_layers: 1, num_heads: 2,
+                   intermediate_size: 64, vocab_size: 400, token_grid: 4, max_new_tokens: 16}
+        prompt: {type: rvls2m, grid: 4, top_n: 4}
+        decoder: {type: litemedsam, cache_dir: ""}
+        cot: {type: template}
+        training: {steps: 1, batch_size: 1, lr: 3.0e-3, checkpoint_every: 1}
+    tts:
+      self-consistency: {num_paths: 2, temperature: 1.0}
+"""
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("predict-registry") / "registry.yaml"
+    path.write_text(textwrap.dedent(TINY_REGISTRY), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(registry, tmp_path_factory) -> Path:
+    """Train the tiny Sim4Seg for one step on one phantom case, once per session."""
+    out = tmp_path_factory.mktemp("predict-train")
+    workspace = Workspace.load(registry)
+    train_only(RunSettings(method="tiny-sim4seg", out=out, max_samples=1), workspace)
+    return out / "checkpoint"
+
+
+def answer_with_template(patch: pytest.MonkeyPatch) -> None:
+    """Make every sampled path generate ``ANSWER``, so that masks and similarity maps exist."""
+    from mdskit_llava.backbone import LlavaBackbone
+
+    generate = LlavaBackbone.generate
+
+    def generate_template(self, image_features, questions, num_paths=1, **options):
+        generated = generate(self, image_features, questions, num_paths=num_paths, **options)
+        return GeneratedAnswers(texts=[[ANSWER] * len(paths) for paths in generated.texts],
+                                mean_logprobs=generated.mean_logprobs)
+
+    patch.setattr(LlavaBackbone, "generate", generate_template)
+
+
+def dicom_file(name: str) -> Path:
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"pydicom sample file {name} is not shipped with this pydicom install")
+    return Path(path)
+
+
+def nifti_file(name: str) -> Path:
+    path = NIBABEL_DATA / name
+    if not path.is_file():
+        pytest.skip(f"nibabel sample file {name} is not shipped with this nibabel install")
+    return path
+
+
+def busi_png(dataset_folder) -> Path:
+    images = sorted(path for path in (dataset_folder("busi") / "benign").glob("*.png") if "_mask" not in path.name)
+    if not images:
+        pytest.skip("no BUSI benign image found")
+    return images[0]
+
+
+def invoke(registry, *arguments):
+    return CliRunner().invoke(main, ["--registry", str(registry), *map(str, arguments)])
+
+
+def assert_user_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.output
+
+
+class ReportParser(HTMLParser):
+    """Collect the image sources and the text of an HTML document."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def batch(registry, checkpoint, dataset_folder, tmp_path_factory):
+    """One self-consistency call on a DICOM, a NIfTI slice and a BUSI PNG, with template answers."""
+    inputs = {"dicom": dicom_file("CT_small.dcm"), "nifti": nifti_file("anatomical.nii"),
+              "png": busi_png(dataset_folder)}
+    out = tmp_path_factory.mktemp("predict-out")
+    with pytest.MonkeyPatch.context() as patch:
+        answer_with_template(patch)
+        result = invoke(registry, "predict", "tiny-sim4seg", *inputs.values(), "--slice", 12, "--question", QUESTION,
+                        "--checkpoint", checkpoint, "--ttss", "self-consistency", "--out", out)
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "predictions.json").read_text())["predictions"]
+    return inputs, out, result, {Path(record["input"]["path"]).name: record for record in records}
+
+
+def test_batch_prints_answer_per_image(batch):
+    inputs, _, result, _ = batch
+    for path in inputs.values():
+        assert str(path) in result.output
+    assert result.output.count("Diagnosis: benign") == 3
+    assert "Chain of thought: Modality: breast ultrasound. Findings: one hypoechoic lesion." in result.output
+
+
+def test_batch_record_contents(batch):
+    inputs, _, _, records = batch
+    assert set(records) == {path.name for path in inputs.values()}
+    for record in records.values():
+        assert record["diagnosis"] == "benign"
+        assert record["chain_of_thought"] == "Modality: breast ultrasound. Findings: one hypoechoic lesion."
+        assert record["question"] == QUESTION
+        assert record["ttss"] == "self-consistency"
+        assert record["tts_params"]["num_paths"] == 2
+        assert len(record["candidates"]) == 2
+        assert record["similarity_map"]["available"] is True
+        assert record["agreement"]["fused_paths"] == 2
+        assert record["seconds"] > 0
+        assert "intensity" in record["input"]
+    assert records["CT_small.dcm"]["input"]["intensity"]["units"] == "HU"
+    assert records["anatomical.nii"]["input"]["slice"] == 12
+
+
+def test_batch_images_match_inputs(batch):
+    inputs, _, _, records = batch
+    for name, record in records.items():
+        height, width = record["input"]["size"]
+        outputs = record["outputs"]
+        for key in ("image", "mask", "overlay", "similarity", "agreement"):
+            assert Image.open(outputs[key]).size == (width, height), (name, key)
+        mask = np.asarray(Image.open(outputs["mask"])) > 0
+        assert int(mask.sum()) == record["mask_area_pixels"]
+    assert "native_mask" not in records[inputs["png"].name]["outputs"]
+
+
+def test_dicom_seg_lines_up_with_input(batch):
+    inputs, _, _, records = batch
+    outputs = records["CT_small.dcm"]["outputs"]
+    segmentation = pydicom.dcmread(outputs["native_mask"])
+    original = pydicom.dcmread(inputs["dicom"])
+    assert (segmentation.Rows, segmentation.Columns) == (original.Rows, original.Columns)
+    referenced = segmentation.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == original.SOPInstanceUID
+    mask = np.asarray(Image.open(outputs["mask"])) > 0
+    assert np.array_equal(segmentation.pixel_array.astype(bool), mask)
+
+
+def test_nifti_label_map_lines_up_with_input(batch):
+    inputs, _, _, records = batch
+    record = records["anatomical.nii"]
+    label_map = nib.load(record["outputs"]["native_mask"])
+    volume = nib.load(inputs["nifti"])
+    assert label_map.shape == volume.shape
+    assert np.allclose(label_map.affine, volume.affine)
+    labels = np.asarray(label_map.dataobj)
+    assert int(labels[:, :, 12].sum()) == record["mask_area_pixels"]
+    assert int(labels.sum()) == record["mask_area_pixels"]
+
+
+def test_report_embeds_images_and_texts(batch):
+    _, out, _, records = batch
+    parser = ReportParser()
+    parser.feed((out / "report.html").read_text(encoding="utf-8"))
+    text = " ".join(parser.text)
+    # Input, overlay, similarity and agreement for each of the three cases.
+    assert len(parser.images) == 12
+    assert all(source.startswith("data:image/png;base64,") for source in parser.images)
+    assert all(len(source) > 100 for source in parser.images)
+    assert "http" not in (out / "report.html").read_text(encoding="utf-8")
+    for name in records:
+        assert name in text
+    assert text.count("Modality: breast ultrasound. Findings: one hypoechoic lesion.") == 3
+    assert QUESTION in text
+
+
+def test_json_output_without_out(registry, checkpoint):
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
+                    "--checkpoint", checkpoint, "--json")
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.output)
+    assert len(records) == 1
+    assert records[0]["input"]["format"] == "dicom"
+    assert records[0]["input"]["intensity"]["window_source"].startswith("file")
+    assert records[0]["method"] == "tiny-sim4seg"
+    assert "outputs" not in records[0]
+
+
+def test_record_without_similarity_map():
+    source = read_input_image(dicom_file("MR_small.dcm"))
+    height, width = source.image.shape[:2]
+    sample = MdsSample(case_id="MR_small", dataset="predict", modality="MR", image=source.image,
+                       mask=np.zeros((height, width), dtype=bool), label="", label_set=("benign",),
+                       question=QUESTION)
+    answer = "Findings: none. Diagnosis: benign."
+    selection = Selection(text=answer, diagnosis="benign", mask=torch.zeros(height, width, dtype=torch.bool))
+    prediction = Prediction(sample, selection, candidates=[], similarity=None)
+    description = {"method": "lisa", "prompt_module": None}
+    without_module = build_record(source, prediction, 1.0, description)
+    assert without_module["similarity_map"] == {
+        "available": False, "reason": "the method has no prompt module, so no similarity map is computed"}
+    assert without_module["diagnosis"] == "benign"
+    assert without_module["agreement"] is None
+    without_seg = build_record(source, prediction, 1.0, {**description, "prompt_module": "rvls2m"})
+    assert without_seg["similarity_map"]["reason"] == "no path generated [SEG], so the prompt module did not run"
+
+
+def test_split_answer():
+    assert split_answer(ANSWER) == ("Modality: breast ultrasound. Findings: one hypoechoic lesion.", "benign")
+    assert split_answer("Findings: none [SEG]") == ("Findings: none", None)
+
+
+# Bad input ----------------------------------------------------------------------------------------
+
+def test_empty_question(registry, tmp_path):
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", "  ")
+    assert_user_error(result, "the question is empty", "--question")
+
+
+def test_method_without_checkpoint(registry, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION)
+    assert_user_error(result, "method 'tiny-sim4seg' has no trained checkpoint",
+                      "mdskit train tiny-sim4seg", "--checkpoint")
+
+
+def test_checkpoint_folder_not_found(registry, tmp_path):
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
+                    "--checkpoint", tmp_path / "absent")
+    assert_user_error(result, f"checkpoint folder {tmp_path / 'absent'} not found", "mdskit train")
+
+
+def test_missing_image(registry, tmp_path):
+    result = invoke(registry, "predict", "tiny-sim4seg", tmp_path / "absent.dcm", "--question", QUESTION)
+    assert_user_error(result, f"input image {tmp_path / 'absent.dcm'} not found")
+
+
+def test_volume_without_slice(registry):
+    path = nifti_file("anatomical.nii")
+    result = invoke(registry, "predict", "tiny-sim4seg", path, "--question", QUESTION)
+    assert_user_error(result, str(path), "is a 3-D volume", "--slice INDEX")
+
+
+def test_dicom_without_pixel_data(registry):
+    path = dicom_file("rtplan.dcm")
+    result = invoke(registry, "predict", "tiny-sim4seg", path, "--question", QUESTION)
+    assert_user_error(result, str(path), "contains no pixel data")
+
+
+def test_undecodable_dicom(registry):
+    path = dicom_file("JPEG-lossy.dcm")
+    try:
+        pydicom.dcmread(path).pixel_array
+    except (RuntimeError, NotImplementedError):
+        pass
+    else:
+        pytest.skip("a decoder for 12-bit JPEG Extended is installed, so the file decodes here")
+    result = invoke(registry, "predict", "tiny-sim4seg", path, "--question", QUESTION)
+    assert_user_error(result, str(path), "JPEG Extended", "uncompressed transfer syntax")
+
+
+def test_corrupt_image(registry, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    result = invoke(registry, "predict", "tiny-sim4seg", broken, "--question", QUESTION)
+    assert_user_error(result, f"{broken} could not be decoded")
+
+
+def test_invalid_window(registry):
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
+                    "--window", "40")
+    assert result.exit_code == 2
+    assert "CENTRE,WIDTH" in result.output
