@@ -202,7 +202,8 @@ def predict(context, method, images, question, checkpoint, ttss, out, window, fr
         if as_json:
             output.print_json(json.dumps([case.record for case in cases], default=str))
         elif out is not None:
-            output.print(f"Report: {out / 'report.html'}; records: {out / 'predictions.json'}", highlight=False)
+            output.print(f"Report: {out / 'report.html'}; records: {out / 'predictions.json'}", markup=False,
+                         highlight=False, soft_wrap=True)
 
 
 def _print_case(case) -> None:
