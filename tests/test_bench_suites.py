@@ -115,3 +115,15 @@ def test_digest_ignores_description_and_paths(tmp_path):
     third = load_suite(write_suite(tmp_path, seeds="[1]"))
     assert first.digest() == second.digest()
     assert first.digest() != third.digest()
+
+
+def test_bench_command_reports_unknown_method(tmp_path):
+    from click.testing import CliRunner
+
+    from mdskit.cli import main
+
+    path = write_suite(tmp_path, methods="[sim4seg, nonexistent-method]")
+    result = CliRunner().invoke(main, ["bench", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "unknown 'nonexistent-method'" in result.output
+    assert not (tmp_path / "out").exists()
