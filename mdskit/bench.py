@@ -60,7 +60,7 @@ class ResultsError(MdskitError):
 
 @dataclass
 class BenchContext:
-    """What every cell of one bench needs."""
+    """Settings, workspace and dataset folders shared by the cells of one bench."""
 
     suite: Suite
     out: Path
@@ -122,13 +122,13 @@ def dataset_folders(suite: Suite, components, data_root: str | Path | None) -> d
 
 
 def claim_results(out: Path, suite: Suite, cells: dict[str, str]) -> None:
-    """Create the manifest of ``out``, or check that ``out`` holds results of the same suite."""
+    """Create the manifest of ``out``, or check that ``out`` contains results of the same suite."""
     path = out / MANIFEST
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if path.is_file():
         stored = read_manifest(path)
         if stored["suite"]["name"] != suite.name:
-            raise ResultsError(f"{out} holds results of suite '{stored['suite']['name']}', not '{suite.name}'; "
+            raise ResultsError(f"{out} contains results of suite '{stored['suite']['name']}', not '{suite.name}'; "
                                "pass another --out for this suite.")
         created = stored.get("created", created)
     out.mkdir(parents=True, exist_ok=True)

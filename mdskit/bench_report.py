@@ -63,7 +63,7 @@ def percent(interval: dict[str, Any]) -> str:
 
 
 def _marked(leaderboard: dict, entry: dict, dataset: str, metric: str) -> str:
-    """The interval text, bold for the best entry and with '≈' when within noise of it."""
+    """Format the interval text, bold for the best entry and with '≈' when within noise of it."""
     text = percent(entry["metrics"][dataset][metric])
     rank = leaderboard["ranking"].get(str(entry["seed"]), {}).get(dataset, {}).get(metric)
     if rank is None or entry["leave_one_out"]:
@@ -84,7 +84,10 @@ def _cost_cells(entry: dict) -> list[str]:
 
     trainable, total = cost.get("trainable_parameters"), cost.get("parameters")
     parameters = "-" if total is None else f"{(trainable or 0) / 1e6:.2f} / {total / 1e6:.2f}"
-    return [number("train_wall_seconds", ".0f"),
+    train = number("train_wall_seconds", ".0f")
+    if cost.get("train_resumed_from_step"):
+        train += " †"
+    return [train,
             f"{number('latency_median_seconds', '.3f')} / {number('latency_p90_seconds', '.3f')}",
             number("paths_per_sample", ".1f"), number("peak_memory_mib", ".0f"), parameters]
 
@@ -137,6 +140,8 @@ def markdown(leaderboard: dict[str, Any], command: str | None = None) -> str:
             lines.append(f"| {entry['label']} | {entry['ttss']} | {entry['seed']} | {row['dice']['n']} | "
                          + " | ".join(values) + " |")
 
+    if any(entry["cost"].get("train_resumed_from_step") for entry in entries):
+        lines += ["", "† Training resumed from a checkpoint, so the time covers only the steps after it."]
     lines += _leave_one_out_section(leaderboard)
     lines += _comparison_section(leaderboard)
     lines += _provenance_section(leaderboard)
@@ -206,7 +211,7 @@ def _provenance_section(leaderboard: dict) -> list[str]:
 
 
 def csv_text(leaderboard: dict[str, Any]) -> str:
-    """One row per entry and dataset (pooled included): intervals, costs and provenance."""
+    """Render one CSV row per entry and dataset (pooled included): intervals, costs, provenance, conventions."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     header = ["entry", "oracle", "kind", "ttss", "seed", "train_datasets", "test_datasets", "leave_one_out",
@@ -215,8 +220,9 @@ def csv_text(leaderboard: dict[str, Any]) -> str:
         header += [metric, f"{metric}_low", f"{metric}_high"]
     header += list(CSV_COST_KEYS)
     header += ["budget_steps", "budget_batch_size", "config_hash", "mdskit_version", "git_commit", "device",
-               "cpu_threads", "platform", "packages"]
+               "cpu_threads", "platform", "packages", "metric_conventions"]
     writer.writerow(header)
+    conventions = "; ".join(f"{name}: {text}" for name, text in leaderboard["conventions"].items())
     for entry in _sorted_entries(leaderboard["entries"]):
         source = entry.get("provenance") or {}
         budget = entry.get("budget") or {}
@@ -230,7 +236,7 @@ def csv_text(leaderboard: dict[str, Any]) -> str:
             packages = ";".join(f"{name}={value}" for name, value in sorted((source.get("packages") or {}).items()))
             values += [budget.get("steps"), budget.get("batch_size"), entry["config_hash"],
                        source.get("mdskit_version"), source.get("git_commit"), source.get("device"),
-                       source.get("cpu_threads"), source.get("platform"), packages]
+                       source.get("cpu_threads"), source.get("platform"), packages, conventions]
             writer.writerow(values)
     return buffer.getvalue()
 

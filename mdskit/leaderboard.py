@@ -140,7 +140,7 @@ def read_cell(folder: Path, suite_name: str) -> CellResult:
     samples = _read_predictions(folder / "predictions.jsonl", fix)
     expected = _expected_count(folder / "metrics.json", fix)
     if len(samples) != expected:
-        raise ResultsError(f"{folder / 'predictions.jsonl'} holds {len(samples)} samples but metrics.json counts "
+        raise ResultsError(f"{folder / 'predictions.jsonl'} contains {len(samples)} samples but metrics.json counts "
                            f"{expected}; {fix}.")
     return CellResult(folder, record, samples)
 

@@ -87,8 +87,8 @@ def run_reference(name: str, adapters: dict[str, DatasetAdapter], samples: list[
     """Score a reference on ``samples``, appending to ``out/predictions.jsonl`` and resuming from it."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "predictions.jsonl"
-    wanted = {sample.uid for sample in samples}
-    done = {record["id"]: record for record in read_jsonl(path) if record.get("id") in wanted}
+    requested = {sample.uid for sample in samples}
+    done = {record["id"]: record for record in read_jsonl(path) if record.get("id") in requested}
     rewrite_jsonl(path, list(done.values()))
     majority = {dataset: majority_label(adapter) for dataset, adapter in adapters.items()}
     predictor = mask_predictor(name, components) if len(done) < len(samples) else None

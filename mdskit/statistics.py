@@ -1,10 +1,10 @@
 """Confidence intervals and paired comparisons over per-sample results.
 
-Every interval is a percentile bootstrap over samples with a fixed seed:
-each resample draws n samples with replacement and recomputes the metric
-from them, so metrics that are not per-sample means (cIoU, the ratio of
-summed intersections and unions; macro-F1, over class counts) get honest
-intervals too. Paired comparisons apply the same resampled indices to both
+Every interval is a percentile bootstrap over samples with a fixed seed.
+Each resample draws n samples with replacement and recomputes the metric
+from them. So metrics that are not per-sample means get intervals too:
+cIoU is the ratio of summed intersections and unions, and macro-F1 comes
+from class counts. Paired comparisons apply the same resampled indices to both
 methods, which must have been scored on the same samples, and bootstrap
 the difference. For the per-sample metrics (gIoU, Dice, accuracy) the
 Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, two-sided, zero
@@ -38,7 +38,7 @@ class SampleTable:
         intersection, union, predicted_area, true_area: Pixel counts.
         true_class: Index of the sample's (dataset, label) class.
         predicted_class: Index of the predicted (dataset, label) class, or
-            -1 when the answer names no label of the sample's dataset.
+            -1 when the predicted diagnosis is no label of the sample's dataset.
         num_classes: Number of (dataset, label) classes over the datasets'
             whole label sets, as the macro-F1 metric counts them.
     """
@@ -121,7 +121,7 @@ def _macro_f1(table: SampleTable, indices: np.ndarray) -> np.ndarray:
 
 
 def point_estimate(table: SampleTable, metric: str) -> float:
-    """The metric on all samples (equal to ``mdskit run``'s value)."""
+    """Compute the metric on all samples, as ``mdskit run`` does."""
     return float(metric_values(table, metric, np.arange(len(table))[None, :])[0])
 
 

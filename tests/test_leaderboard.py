@@ -176,5 +176,5 @@ def test_missing_manifest_is_rejected(tmp_path):
 def test_bench_into_another_suites_folder_is_rejected(tmp_path, results, data_root, workspace):
     path = tmp_path / "other.yaml"
     path.write_text(textwrap.dedent(SUITE.format(name="other", references="[empty-mask]")))
-    with pytest.raises(ResultsError, match="holds results of suite 'refs'"):
+    with pytest.raises(ResultsError, match="contains results of suite 'refs'"):
         run_bench(load_suite(path), results, workspace, data_root=data_root)
