@@ -23,7 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import platform
 import resource
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -210,6 +213,34 @@ def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def hardware() -> dict[str, Any]:
+    """Describe the machine: CPU model, logical cores, memory and accelerator."""
+    model = platform.processor() or None
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (AttributeError, ValueError, OSError):
+        memory_gib = None
+    return {"cpu": model, "logical_cores": os.cpu_count(), "memory_gib": memory_gib,
+            "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def uncommitted_changes() -> bool | None:
+    """Whether the source tree of this mdskit has uncommitted changes to tracked files (None outside git)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        completed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                   capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return bool(completed.stdout.strip()) if completed.returncode == 0 else None
+
+
 def _train(context: BenchContext, cell: Cell) -> tuple[Path, dict[str, Any]]:
     """Train the cell's checkpoint unless a finished one exists; return its folder and record."""
     folder = train_folder(context, cell)
@@ -257,6 +288,8 @@ def _run_method_cell(context: BenchContext, cell: Cell, folder: Path) -> None:
     context.event("cell", cell.key, "start")
     predictions = folder / "predictions.jsonl"
     before = _count_lines(predictions)
+    # NOTE: run_method's folder fingerprint includes the checkpoint and data paths, so an unfinished
+    # cell resumes only from the same results and data folders; finished cells are reused anywhere.
     settings = RunSettings(method=cell.entry, data={name: context.data[name] for name in cell.test_datasets},
                            out=folder, ttss=cell.ttss, checkpoint=(checkpoint_folder / "checkpoint").resolve(),
                            seed=cell.seed, max_samples=context.suite.max_samples)
@@ -313,6 +346,8 @@ def _finish_cell(context: BenchContext, cell: Cell, folder: Path, metrics: dict[
         "label_sets": _label_sets(context, cell),
         "tts_params": metrics.get("tts_params"),
         "cost": cost,
+        "hardware": hardware(),
+        "uncommitted_changes": uncommitted_changes(),
         "conventions": CONVENTIONS,
         "provenance": metrics.get("provenance"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -192,14 +192,17 @@ def _comparison_section(leaderboard: dict) -> list[str]:
 
 
 def _provenance_section(leaderboard: dict) -> list[str]:
-    lines = ["", "## Provenance", "", "| cell | config hash | mdskit | git commit | device | CPU threads | platform |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["", "## Provenance", "", "| cell | config hash | mdskit | git commit | device | CPU | CPU threads | platform |",
+             "|---|---|---|---|---|---|---|---|"]
     for entry in _sorted_entries(leaderboard["entries"]):
         source = entry.get("provenance") or {}
         commit = (source.get("git_commit") or "-")[:12]
+        if entry.get("uncommitted_changes"):
+            commit += " (with uncommitted changes)"
         oracle = " (oracle)" if entry["oracle"] else ""
         lines.append(f"| {entry['key']}{oracle} | {entry['config_hash']} | "
                      f"{source.get('mdskit_version', '-')} | {commit} | {source.get('device', '-')} | "
+                     f"{(entry.get('hardware') or {}).get('cpu') or '-'} | "
                      f"{source.get('cpu_threads', '-')} | {source.get('platform', '-')} |")
     packages = next((entry["provenance"].get("packages") for entry in leaderboard["entries"]
                      if entry.get("provenance")), None)

@@ -22,8 +22,8 @@ import numpy as np
 
 from .bench import CELL_RECORD, MANIFEST, RESULTS_SCHEMA, ResultsError, read_manifest
 from .metrics import CONVENTIONS, POOLED
-from .statistics import (DEFAULT_LEVEL, DEFAULT_RESAMPLES, METRICS, SampleTable, bootstrap_interval,
-                         paired_comparison, percentiles)
+from .statistics import (DEFAULT_LEVEL, DEFAULT_RESAMPLES, METRICS, Comparison, SampleTable, UnpairedSamplesError,
+                         bootstrap_interval, paired_comparison, percentiles)
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,9 @@ def _entry(cell: CellResult, resamples: int, seed: int, level: float) -> dict[st
         "oracle": bool(record.get("oracle")), "leave_one_out": bool(record.get("leave_one_out")),
         "train_datasets": record["train_datasets"], "test_datasets": record["test_datasets"], "seed": record["seed"],
         "config_hash": record["config_hash"], "budget": record.get("budget"), "tts_params": record.get("tts_params"),
-        "metrics": metrics, "cost": cost, "provenance": record.get("provenance"), "folder": str(cell.folder),
+        "metrics": metrics, "cost": cost, "provenance": record.get("provenance"), "hardware": record.get("hardware"),
+        "uncommitted_changes": record.get("uncommitted_changes"),
+        "folder": str(cell.folder),
     }
 
 
@@ -241,11 +243,22 @@ def _ranking(entries: list[dict[str, Any]], cells: dict[str, CellResult], resamp
                     if entry is best:
                         continue
                     table = cells[entry["key"]].table(None if dataset == POOLED else dataset)
-                    if not paired_comparison(table, table_best, metric, resamples, seed, level).significant:
+                    comparison = _compare(cells[entry["key"]], cells[best["key"]], table, table_best, metric,
+                                          resamples, seed, level)
+                    if not comparison.significant:
                         within.append(entry["key"])
                 seed_ranking[dataset][metric] = {"best": best["key"], "within_noise": within}
         ranking[str(run_seed)] = seed_ranking
     return ranking
+
+
+def _compare(cell_a: CellResult, cell_b: CellResult, table_a: SampleTable, table_b: SampleTable, metric: str,
+             resamples: int, seed: int, level: float) -> Comparison:
+    try:
+        return paired_comparison(table_a, table_b, metric, resamples, seed, level)
+    except UnpairedSamplesError as error:
+        raise ResultsError(f"{cell_a.folder} and {cell_b.folder} were scored on different samples ({error}); "
+                           "rerun both cells with the same suite so that they can be compared.") from error
 
 
 def _value(entry: dict[str, Any], dataset: str, metric: str) -> float:
@@ -273,7 +286,7 @@ def _comparisons(results: Results, cells: dict[str, CellResult], resamples: int,
                 row = {"a": method_a, "b": method_b, "ttss": ttss, "train_datasets": list(train),
                        "test_datasets": list(test), "seed": run_seed, "dataset": dataset, "metrics": {}}
                 for metric in METRICS:
-                    row["metrics"][metric] = paired_comparison(table_a, table_b, metric, resamples, seed,
-                                                               level).as_dict()
+                    row["metrics"][metric] = _compare(cell_a, cell_b, table_a, table_b, metric, resamples, seed,
+                                                      level).as_dict()
                 rows.append(row)
     return rows
