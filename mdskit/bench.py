@@ -202,10 +202,17 @@ def _log_computed(context: BenchContext, kind: str, key: str, **details: Any) ->
                                               "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 
-def _count_lines(path: Path) -> int:
-    if not path.is_file():
-        return 0
-    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+def _count_records(path: Path) -> int:
+    """Count the complete records of a JSON-lines file; a line cut short by a crash is not one."""
+    count = 0
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            count += 1
+    return count
 
 
 def peak_memory_mib() -> float:
@@ -287,7 +294,7 @@ def _run_method_cell(context: BenchContext, cell: Cell, folder: Path) -> None:
     checkpoint_folder, training = _train(context, cell)
     context.event("cell", cell.key, "start")
     predictions = folder / "predictions.jsonl"
-    before = _count_lines(predictions)
+    before = _count_records(predictions)
     # NOTE: run_method's folder fingerprint includes the checkpoint and data paths, so an unfinished
     # cell resumes only from the same results and data folders; finished cells are reused anywhere.
     settings = RunSettings(method=cell.entry, data={name: context.data[name] for name in cell.test_datasets},
@@ -317,7 +324,7 @@ def _run_reference_cell(context: BenchContext, cell: Cell, folder: Path) -> None
         if context.suite.max_samples is not None:
             cases = _stratified_head(cases, context.suite.max_samples)
         samples.extend(cases)
-    before = _count_lines(folder / "predictions.jsonl")
+    before = _count_records(folder / "predictions.jsonl")
     started = time.perf_counter()
     metrics = run_reference(cell.entry, adapters, samples, folder, components,
                             provenance(cell.seed, torch.device("cpu")))
@@ -332,7 +339,7 @@ def _run_reference_cell(context: BenchContext, cell: Cell, folder: Path) -> None
 
 def _finish_cell(context: BenchContext, cell: Cell, folder: Path, metrics: dict[str, Any], cost: dict[str, Any],
                  lines_before: int) -> None:
-    new_samples = _count_lines(folder / "predictions.jsonl") - lines_before
+    new_samples = _count_records(folder / "predictions.jsonl") - lines_before
     record = {
         "results_schema": RESULTS_SCHEMA,
         "suite": context.suite.name,

@@ -114,13 +114,13 @@ def _check_same_suite(expected: dict, expected_path: Path, found: dict, found_pa
                 "each folder on its own.")
 
 
-def _check_same_cell(kept: CellResult, other: CellResult) -> None:
-    if kept.record["config_hash"] != other.record["config_hash"]:
+def _check_same_cell(first: CellResult, other: CellResult) -> None:
+    if first.record["config_hash"] != other.record["config_hash"]:
         raise ResultsError(
-            f"cell {kept.key} was computed with different configurations in {kept.folder} and {other.folder} "
-            f"(config hash {kept.record['config_hash']} and {other.record['config_hash']}); delete the stale "
+            f"cell {first.key} was computed with different configurations in {first.folder} and {other.folder} "
+            f"(config hash {first.record['config_hash']} and {other.record['config_hash']}); delete the stale "
             "folder or render the folders separately.")
-    logger.info("cell %s is in %s and %s with the same config hash; using the first", kept.key, kept.folder,
+    logger.info("cell %s is in %s and %s with the same config hash; using the first", first.key, first.folder,
                 other.folder)
 
 

@@ -1,8 +1,9 @@
 """``mdskit bench`` end to end on real images, killed mid-run and resumed.
 
-A tiny Sim4Seg (the tiny registry of the tiny suite) trains for two steps
-on two PH2 and two BUSI cases; the bench runs it with greedy decoding and
-self-consistency, an empty-mask reference and a leave-one-dataset-out cell.
+A tiny Sim4Seg from the tiny suite's registry trains for two steps on two
+PH2 and two BUSI cases. The bench evaluates it with greedy decoding and
+self-consistency, beside an empty-mask reference and a leave-one-dataset-out
+cell.
 The first bench process is killed while the second cell is predicting; the
 second process must finish the suite without repeating finished work.
 """
@@ -116,13 +117,14 @@ def test_interrupted_cell_keeps_its_predicted_samples(resumed):
     out, before, _ = resumed
     sampled = cell(out, "tiny-sim4seg.self-consistency.train-ph2+busi.seed0")
     after = lines(sampled / "predictions.jsonl")
-    kept = [line for line in before["sampled_lines"] if line.endswith("}")]
-    assert kept and after[:len(kept)] == kept
+    finished_lines = [line for line in before["sampled_lines"] if line.endswith("}")]
+    assert finished_lines
+    assert after[:len(finished_lines)] == finished_lines
     ids = [json.loads(line)["id"] for line in after]
     assert len(ids) == len(set(ids)) == 4
     entry = next(json.loads(line) for line in lines(out / COMPUTED_LOG)
                  if json.loads(line)["key"].startswith("tiny-sim4seg.self-consistency"))
-    assert entry["new_samples"] == 4 - len(kept)
+    assert entry["new_samples"] == 4 - len(finished_lines)
 
 
 def test_every_cell_is_finished_with_provenance(resumed):
@@ -133,7 +135,10 @@ def test_every_cell_is_finished_with_provenance(resumed):
         "empty-mask.test-ph2+busi.seed0", "tiny-sim4seg.none.train-busi.seed0"])
     for record in records:
         provenance = record["provenance"]
-        assert provenance["mdskit_version"] and provenance["git_commit"] and provenance["packages"]["torch"]
+        assert provenance["mdskit_version"]
+        assert provenance["git_commit"]
+        assert provenance["packages"]["torch"]
+        assert record["hardware"]["logical_cores"] >= 1
         assert record["config_hash"] and record["conventions"]["giou"]
         if record["kind"] == "method":
             assert record["budget"] == {"steps": 2, "batch_size": 2}

@@ -62,7 +62,8 @@ def test_mds_mini_plans_every_cell(workspace):
     assert len({cell.key for cell in cells}) == len(cells)
     # Both strategies of a method evaluate one checkpoint.
     assert len({cell.train_key for cell in main}) == 4
-    assert suite.budget.steps == 400 and suite.budget.batch_size == 8
+    assert suite.budget.steps == 400
+    assert suite.budget.batch_size == 8
 
 
 def test_tiny_suite_names_are_registered():

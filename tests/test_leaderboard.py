@@ -89,12 +89,14 @@ def test_html_is_self_contained_and_sortable(rendered):
     out, _ = rendered
     page = (out / "leaderboard.html").read_text()
     assert page.startswith("<!DOCTYPE html>")
-    assert "function sortTable" in page and "onclick='sortTable(this)'" in page
+    assert "function sortTable" in page
+    assert "onclick='sortTable(this)'" in page
     assert "data:image/png;base64," in page
     assert "<select onchange='showDataset(this.value)'>" in page
     for dataset in ("pooled", "ph2", "busi"):
         assert f"data-dataset='{dataset}'" in page
-    assert "src='http" not in page and "<link" not in page
+    assert "src='http" not in page
+    assert "<link" not in page
 
 
 def test_csv_json_and_png_outputs(rendered):
@@ -103,7 +105,10 @@ def test_csv_json_and_png_outputs(rendered):
     assert len(rows) == 2 * 3
     assert {row["dataset"] for row in rows} == {"ph2", "busi", "pooled"}
     for row in rows:
-        assert row["config_hash"] and row["mdskit_version"] and "torch=" in row["packages"]
+        assert row["config_hash"]
+        assert row["mdskit_version"]
+        assert "torch=" in row["packages"]
+        assert "LISA" in row["metric_conventions"]
         assert float(row["dice_low"]) <= float(row["dice"]) <= float(row["dice_high"])
     stored = json.loads((out / "leaderboard.json").read_text())
     assert stored["statistics"]["resamples"] == 500
@@ -165,7 +170,22 @@ def test_corrupt_predictions_are_rejected(tmp_path, results):
     predictions.write_text("\n".join(lines) + "\n")
     with pytest.raises(ResultsError, match="line 2, is not valid JSON") as error:
         load_results([copy])
-    assert str(predictions) in str(error.value) and "rerun 'mdskit bench'" in str(error.value)
+    assert str(predictions) in str(error.value)
+    assert "rerun 'mdskit bench'" in str(error.value)
+
+
+def test_merging_a_changed_cell_is_rejected(tmp_path, results):
+    import shutil
+
+    copy = tmp_path / "changed"
+    shutil.copytree(results, copy)
+    record_path = next((copy / "cells").glob("empty-mask*")) / "cell.json"
+    record = json.loads(record_path.read_text())
+    record["config_hash"] = "0" * 16
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(ResultsError, match="computed with different configurations") as error:
+        load_results([results, copy])
+    assert str(record_path.parent) in str(error.value)
 
 
 def test_missing_manifest_is_rejected(tmp_path):
