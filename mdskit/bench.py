@@ -20,6 +20,7 @@ name, so a changed suite computes new folders and never overwrites old ones.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -77,8 +78,14 @@ class BenchContext:
 
 
 def run_bench(suite: Suite, out: Path, workspace: Workspace | None = None, data_root: str | Path | None = None,
-              on_event: EventCallback | None = None) -> list[Path]:
-    """Compute (or reuse) every cell of ``suite`` in ``out``; return the cell folders in suite order."""
+              on_event: EventCallback | None = None, only: tuple[str, ...] = ()) -> list[Path]:
+    """Compute (or reuse) the cells of ``suite`` in ``out``; return the cell folders in suite order.
+
+    Args:
+        only: Glob patterns of cell keys (``sim4seg.*``); when given, only
+            matching cells are computed, so machines can share a suite and
+            ``mdskit leaderboard`` merges their folders.
+    """
     workspace = workspace or Workspace.load(suite.registry)
     components = workspace.components
     check_names(suite, set(workspace.registry.methods), set(components.names("tts")),
@@ -89,6 +96,11 @@ def run_bench(suite: Suite, out: Path, workspace: Workspace | None = None, data_
     folders = {cell.key: cell_folder(context, cell) for cell in cells}
     claim_results(context.out, suite, {key: str(folder.relative_to(context.out)) for key, folder in folders.items()})
 
+    if only:
+        cells = [cell for cell in cells if any(fnmatch.fnmatchcase(cell.key, pattern) for pattern in only)]
+        if not cells:
+            raise ResultsError(f"no cell key of suite '{suite.name}' matches {', '.join(only)}; keys look like "
+                               f"{next(iter(folders))}.")
     for cell in cells:
         folder = folders[cell.key]
         if _finished(folder, cell_hash(context, cell)):

@@ -148,9 +148,11 @@ def train(context, method, out, data, train_steps, seed, max_samples):
               help="Results folder (default: benchmarks/results/SUITE-NAME); rerunning resumes it.")
 @click.option("--data-root", type=click.Path(path_type=Path),
               help="Folder holding the suite's datasets (default: the suite's data_root).")
+@click.option("--only", multiple=True, metavar="PATTERN",
+              help="Compute only cells whose key matches this glob (for example 'sim4seg.*'); repeatable.")
 @click.option("--no-leaderboard", is_flag=True, help="Compute the cells without rendering the leaderboard.")
 @click.pass_context
-def bench(context, suite_file, out, data_root, no_leaderboard):
+def bench(context, suite_file, out, data_root, only, no_leaderboard):
     """Run every cell of a benchmark SUITE file and render its leaderboard into OUT/leaderboard."""
     from .bench import run_bench
     from .runs import Workspace
@@ -165,7 +167,7 @@ def bench(context, suite_file, out, data_root, no_leaderboard):
         def on_event(kind: str, key: str, status: str) -> None:
             console.print(f"{kind} {key}: {status}", highlight=False)
 
-        run_bench(suite, out, workspace, data_root=data_root, on_event=on_event)
+        run_bench(suite, out, workspace, data_root=data_root, on_event=on_event, only=tuple(only))
         if not no_leaderboard:
             _render_leaderboard([out], out / "leaderboard", f"mdskit bench {suite_file} --out {out}")
 

@@ -138,6 +138,20 @@ def test_leaderboard_command_merges_folders(tmp_path, data_root, workspace):
     assert sorted(entry["entry"] for entry in merged["entries"]) == ["empty-mask", "whole-image"]
 
 
+def test_cells_split_over_two_folders_merge(tmp_path, data_root, workspace):
+    path = tmp_path / "shared.yaml"
+    path.write_text(textwrap.dedent(SUITE.format(name="shared", references="[empty-mask, whole-image]")))
+    suite = load_suite(path)
+    run_bench(suite, tmp_path / "a", workspace, data_root=data_root, only=("empty-mask.*",))
+    run_bench(suite, tmp_path / "b", workspace, data_root=data_root, only=("whole-image.*",))
+    assert load_results([tmp_path / "a"]).unfinished
+    merged = load_results([tmp_path / "a", tmp_path / "b"])
+    assert sorted(cell.record["entry"] for cell in merged.cells) == ["empty-mask", "whole-image"]
+    assert merged.unfinished == []
+    with pytest.raises(ResultsError, match="no cell key"):
+        run_bench(suite, tmp_path / "a", workspace, data_root=data_root, only=("sim4seg.*",))
+
+
 def test_merging_another_suite_is_rejected(tmp_path, results, data_root, workspace):
     other = bench(tmp_path, data_root, workspace, "[empty-mask]", name="other-suite")
     with pytest.raises(ResultsError, match="suite 'other-suite'") as error:
