@@ -319,24 +319,41 @@ def html_page(leaderboard: dict[str, Any], plots: dict[str, bytes], command: str
     parts.append(f"<p>Budget: {suite['budget']['steps']} steps of batch {suite['budget']['batch_size']}. Values in %, "
                  f"with {100 * stats['level']:.0f}% {escape(stats['interval'])} intervals ({stats['resamples']} "
                  f"resamples). Bold: best non-oracle entry; ≈: within noise of it. Click a column to sort.</p>")
+
     options = "".join(f"<option value='{escape(name)}'>{escape(name)}</option>" for name in datasets)
     parts.append(f"<label>Dataset: <select onchange='showDataset(this.value)'>{options}</select></label>")
     for dataset in datasets:
         parts.append(_html_table(leaderboard, entries, dataset, hidden=dataset != POOLED))
+
     for name, data in plots.items():
         encoded = base64.b64encode(data).decode("ascii")
         parts.append(f"<h2>{escape(name[:-4].replace('-', ' '))}</h2><img alt='{escape(name)}' "
                      f"src='data:image/png;base64,{encoded}'>")
-    comparison_lines = _comparison_section(leaderboard)
-    if comparison_lines:
-        parts.append("<h2>Paired comparisons</h2><pre>" + escape("\n".join(comparison_lines[4:])) + "</pre>")
-    lodo = _leave_one_out_section(leaderboard)
-    if lodo:
-        parts.append("<h2>Leave one dataset out</h2><pre>" + escape("\n".join(lodo[4:])) + "</pre>")
-    parts.append("<h2>Metric conventions</h2><ul>" + "".join(
-        f"<li><b>{escape(name)}</b>: {escape(text)}</li>" for name, text in leaderboard["conventions"].items())
-                 + "</ul></body></html>")
+
+    # Both sections start with a blank line, a heading, a blank line and a paragraph.
+    for section in (_leave_one_out_section(leaderboard), _comparison_section(leaderboard)):
+        if section:
+            parts.append(f"<h2>{escape(section[1].lstrip('# '))}</h2><p>{escape(section[3])}</p>")
+            parts.append(_markdown_table_to_html([line for line in section if line.startswith("|")]))
+
+    conventions = "".join(f"<li><b>{escape(name)}</b>: {escape(text)}</li>"
+                          for name, text in leaderboard["conventions"].items())
+    parts.append(f"<h2>Metric conventions</h2><ul>{conventions}</ul></body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _markdown_table_to_html(lines: list[str]) -> str:
+    """Convert a Markdown table (header, rule, rows) into a sortable HTML table."""
+    def cells(line: str) -> list[str]:
+        return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+    escape = html.escape
+    head = "".join(f"<th onclick='sortTable(this)'>{escape(cell)}</th>" for cell in cells(lines[0]))
+    rows = []
+    for line in lines[2:]:
+        row = "".join(f"<td data-value='{escape(cell)}'>{escape(cell)}</td>" for cell in cells(line))
+        rows.append(f"<tr>{row}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _html_table(leaderboard: dict, entries: list[dict], dataset: str, hidden: bool) -> str:
