@@ -44,6 +44,7 @@ from .outputs import append_jsonl, provenance, write_json
 from .references import ORACLE_REFERENCES, REFERENCE_NAMES, run_reference
 from .runs import RunSettings, Workspace, _stratified_head, open_datasets, run_method, train_only
 from .suites import SUITE_SCHEMA, Budget, Cell, Suite, check_names, plan_cells, suite_record
+from .training import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class BenchContext:
     workspace: Workspace
     data: dict[str, str | None]
     on_event: EventCallback | None = None
+    progress: ProgressCallback | None = None
+    on_sample: Callable[[int, int], None] | None = None
 
     def event(self, kind: str, key: str, status: str) -> None:
         if self.on_event is not None:
@@ -78,20 +81,24 @@ class BenchContext:
 
 
 def run_bench(suite: Suite, out: Path, workspace: Workspace | None = None, data_root: str | Path | None = None,
-              on_event: EventCallback | None = None, only: tuple[str, ...] = ()) -> list[Path]:
+              on_event: EventCallback | None = None, only: tuple[str, ...] = (),
+              progress: ProgressCallback | None = None,
+              on_sample: Callable[[int, int], None] | None = None) -> list[Path]:
     """Compute (or reuse) the cells of ``suite`` in ``out``; return the cell folders in suite order.
 
     Args:
         only: Glob patterns of cell keys (``sim4seg.*``); when given, only
             matching cells are computed, so machines can share a suite and
             ``mdskit leaderboard`` merges their folders.
+        progress, on_sample: Progress callbacks passed to training and
+            prediction, as ``mdskit run`` takes them.
     """
     workspace = workspace or Workspace.load(suite.registry)
     components = workspace.components
     check_names(suite, set(workspace.registry.methods), set(components.names("tts")),
                 set(components.names("dataset")), set(REFERENCE_NAMES))
     context = BenchContext(suite, Path(out), with_budget(workspace, suite.budget),
-                           dataset_folders(suite, components, data_root), on_event)
+                           dataset_folders(suite, components, data_root), on_event, progress, on_sample)
     cells = plan_cells(suite)
     folders = {cell.key: cell_folder(context, cell) for cell in cells}
     claim_results(context.out, suite, {key: str(folder.relative_to(context.out)) for key, folder in folders.items()})
@@ -276,7 +283,7 @@ def _train(context: BenchContext, cell: Cell) -> tuple[Path, dict[str, Any]]:
                            out=folder, train_steps=context.suite.budget.steps, seed=cell.seed,
                            max_samples=context.suite.max_samples)
     started = time.perf_counter()
-    result = train_only(settings, context.workspace)
+    result = train_only(settings, context.workspace, progress=context.progress)
     wall_seconds = time.perf_counter() - started
     spec = context.workspace.registry.method(cell.entry)
     model = build_model(spec, context.workspace.components, folder / "checkpoint")
@@ -313,7 +320,7 @@ def _run_method_cell(context: BenchContext, cell: Cell, folder: Path) -> None:
                            out=folder, ttss=cell.ttss, checkpoint=(checkpoint_folder / "checkpoint").resolve(),
                            seed=cell.seed, max_samples=context.suite.max_samples)
     started = time.perf_counter()
-    result = run_method(settings, context.workspace)
+    result = run_method(settings, context.workspace, on_sample=context.on_sample)
     cost = {
         "train_wall_seconds": training["wall_seconds"],
         "train_resumed_from_step": training["resumed_from_step"],

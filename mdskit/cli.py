@@ -167,7 +167,9 @@ def bench(context, suite_file, out, data_root, only, no_leaderboard):
         def on_event(kind: str, key: str, status: str) -> None:
             console.print(f"{kind} {key}: {status}", highlight=False)
 
-        run_bench(suite, out, workspace, data_root=data_root, on_event=on_event, only=tuple(only))
+        with _progress() as (on_progress, on_sample):
+            run_bench(suite, out, workspace, data_root=data_root, on_event=on_event, only=tuple(only),
+                      progress=on_progress, on_sample=on_sample)
         if not no_leaderboard:
             _render_leaderboard([out], out / "leaderboard", f"mdskit bench {suite_file} --out {out}")
 
