@@ -17,32 +17,28 @@ Usage::
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import click
-import numpy as np
 
 from mdskit.metrics import SampleResult, summarize
+from mdskit.references import majority_label, mask_predictor
 from mdskit.runs import METRIC_NAMES, Workspace, open_datasets, parse_data_option
 
-REFERENCES = {
-    "empty mask": lambda mask: np.zeros_like(mask, dtype=bool),
-    "whole image": lambda mask: np.ones_like(mask, dtype=bool),
-}
+# Display names of the package's references (mdskit/references.py), as in the committed tables.
+REFERENCES = {"empty mask": "empty-mask", "whole image": "whole-image"}
 
 
-def reference_results(adapters) -> dict[str, list[SampleResult]]:
+def reference_results(adapters, components) -> dict[str, list[SampleResult]]:
     """Score every reference on the test split of each dataset."""
     results: dict[str, list[SampleResult]] = {name: [] for name in REFERENCES}
+    predictors = {name: mask_predictor(reference, components) for name, reference in REFERENCES.items()}
     for adapter in adapters.values():
-        train_labels = Counter(case.label for case in adapter.load_split("train"))
-        # Ties go to the label listed first in the label set.
-        majority = max(adapter.label_set, key=lambda label: (train_labels[label], -adapter.label_set.index(label)))
+        majority = majority_label(adapter)
         for case in adapter.load_split("test"):
-            for name, predict_mask in REFERENCES.items():
+            for name, predict_mask in predictors.items():
                 results[name].append(SampleResult.from_masks(
-                    case.uid, case.dataset, case.label, case.label_set, majority, predict_mask(case.mask), case.mask))
+                    case.uid, case.dataset, case.label, case.label_set, majority, predict_mask(case), case.mask))
     return results
 
 
@@ -54,7 +50,7 @@ def main(data: tuple[str, ...], json_out: Path | None) -> None:
     workspace = Workspace.load()
     adapters = open_datasets(workspace.components, parse_data_option(data, workspace.components))
     metrics = [workspace.components.get("metric", name)() for name in METRIC_NAMES]
-    scores = {name: summarize(results, metrics) for name, results in reference_results(adapters).items()}
+    scores = {name: summarize(results, metrics) for name, results in reference_results(adapters, workspace.components).items()}
     click.echo("| reference | dataset | n | gIoU | cIoU | Dice | accuracy | macro-F1 |")
     click.echo("|---|---|---|---|---|---|---|---|")
     for name, table in scores.items():

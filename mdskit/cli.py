@@ -1,4 +1,4 @@
-"""The ``mdskit`` command line: ``run``, ``train``, ``predict`` and ``list``.
+"""The ``mdskit`` command line: ``run``, ``train``, ``predict``, ``bench``, ``leaderboard`` and ``list``.
 
 Only this module prints. Errors caused by input (``MdskitError``) end with
 one message and exit status 2; an interrupted run says where its results
@@ -226,6 +226,62 @@ def _print_case(case) -> None:
             line(f"  {key}: {path}")
     if not record["similarity_map"]["available"]:
         line(f"  similarity: none, {record['similarity_map']['reason']}")
+
+
+@main.command()
+@click.argument("suite_file", metavar="SUITE", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Results folder (default: benchmarks/results/SUITE-NAME); rerunning resumes it.")
+@click.option("--data-root", type=click.Path(path_type=Path),
+              help="Folder holding the suite's datasets (default: the suite's data_root).")
+@click.option("--only", multiple=True, metavar="PATTERN",
+              help="Compute only cells whose key matches this glob (for example 'sim4seg.*'); repeatable.")
+@click.option("--no-leaderboard", is_flag=True, help="Compute the cells without rendering the leaderboard.")
+@click.pass_context
+def bench(context, suite_file, out, data_root, only, no_leaderboard):
+    """Run every cell of a benchmark SUITE file and render its leaderboard into OUT/leaderboard."""
+    from .bench import run_bench
+    from .runs import Workspace
+    from .suites import load_suite
+
+    with _user_errors(out):
+        suite = load_suite(suite_file)
+        out = out or Path("benchmarks") / "results" / suite.name
+        registry = context.obj["registry"] or suite.registry
+        workspace = Workspace.load(registry, tuple(context.obj["disabled"]))
+
+        def on_event(kind: str, key: str, status: str) -> None:
+            console.print(f"{kind} {key}: {status}", highlight=False)
+
+        with _progress() as (on_progress, on_sample):
+            run_bench(suite, out, workspace, data_root=data_root, on_event=on_event, only=tuple(only),
+                      progress=on_progress, on_sample=on_sample)
+        if not no_leaderboard:
+            _render_leaderboard([out], out / "leaderboard", f"mdskit bench {suite_file} --out {out}")
+
+
+@main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Folder of the rendered files (default: RESULTS/leaderboard of the first folder).")
+@click.option("--resamples", type=click.IntRange(min=100), default=2000, show_default=True,
+              help="Bootstrap resamples per interval.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resampling.")
+def leaderboard(results, out, resamples, seed):
+    """Render Markdown, CSV, JSON, HTML and PNG leaderboards from stored bench RESULTS folders (merged)."""
+    with _user_errors():
+        _render_leaderboard(list(results), out or results[0] / "leaderboard", None, resamples, seed)
+
+
+def _render_leaderboard(folders, out: Path, command: str | None, resamples: int = 2000, seed: int = 0) -> None:
+    from .bench_report import render
+    from .leaderboard import build_leaderboard, load_results
+
+    loaded = load_results(folders)
+    written = render(build_leaderboard(loaded, resamples, seed), out, command)
+    output.print(f"Leaderboard: {', '.join(str(path) for path in written)}", highlight=False, soft_wrap=True)
+    if loaded.unfinished:
+        output.print(f"[yellow]{len(loaded.unfinished)} cells are unfinished and left out; rerun the bench.[/]")
 
 
 @main.command(name="list")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -270,10 +271,13 @@ def _evaluate(model: MdsModel, samples: list[MdsSample], strategy, settings: Run
         if sample.uid in done:
             results.append(result_from_record(done[sample.uid], sample))
         else:
+            started = time.perf_counter()
             prediction = predict(model, sample, strategy, seed=settings.seed)
+            seconds = time.perf_counter() - started
             result = prediction.score()
             _save_images(settings.out, prediction)
-            append_jsonl(path, prediction_record(prediction, result))
+            # Inference latency of the sample (all paths), for the benchmark's cost columns.
+            append_jsonl(path, {**prediction_record(prediction, result), "seconds": round(seconds, 4)})
             results.append(result)
         if on_sample:
             on_sample(index + 1, len(samples))
