@@ -1,4 +1,4 @@
-"""The ``mdskit`` command line: ``run``, ``train`` and ``list``.
+"""The ``mdskit`` command line: ``run``, ``train``, ``list`` and ``plugins``.
 
 Only this module prints. Errors caused by input (``MdskitError``) end with
 one message and exit status 2; an interrupted run says where its results
@@ -39,20 +39,25 @@ def _configure_logging(verbose: bool) -> None:
 @click.group()
 @click.option("--registry", "registry_path", type=click.Path(path_type=Path),
               help="Method definitions file (default: ./registry.yaml or the project's own).")
+@click.option("--plugin", "plugin_files", multiple=True, metavar="PATH",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Load a one-off plugin file (a Python module with @hookimpl functions); repeatable.")
 @click.option("--disable-plugin", "disabled", multiple=True, metavar="NAME",
-              help="Skip a plugin of the mdskit.plugins entry-point group; repeatable.")
+              help="Skip a plugin by name (entry-point name or plugin file stem); repeatable.")
 @click.option("-v", "--verbose", is_flag=True, help="Log where weights and data come from.")
 @click.pass_context
-def main(context: click.Context, registry_path: Path | None, disabled: tuple[str, ...], verbose: bool) -> None:
+def main(context: click.Context, registry_path: Path | None, plugin_files: tuple[Path, ...],
+         disabled: tuple[str, ...], verbose: bool) -> None:
     """Medical diagnosis segmentation: train, run and compare methods."""
     _configure_logging(verbose)
-    context.obj = {"registry": registry_path, "disabled": disabled}
+    context.obj = {"registry": registry_path, "disabled": disabled, "plugin_files": plugin_files}
 
 
 def _workspace(context: click.Context):
     from .runs import Workspace
 
-    return Workspace.load(context.obj["registry"], tuple(context.obj["disabled"]))
+    return Workspace.load(context.obj["registry"], tuple(context.obj["disabled"]),
+                          tuple(context.obj["plugin_files"]))
 
 
 @contextmanager
@@ -164,7 +169,61 @@ def list_command(context):
                 table.add_row(role.title, name, components.providers[role.key][name])
         output.print(table)
         for failure in components.failures:
-            output.print(f"[red]plugin {failure.plugin} failed:[/] {failure.reason}", highlight=False)
+            output.print(f"[red]Failed:[/] {failure.message()}", highlight=False, soft_wrap=True)
+        for name, reason in sorted(workspace.registry.unavailable.items()):
+            output.print(f"[red]Unavailable method {name}:[/] {reason}", highlight=False, soft_wrap=True)
+
+
+@main.command(name="plugins")
+@click.pass_context
+def plugins_command(context):
+    """Show every plugin found: version, source, what it registered, and failures."""
+    with _user_errors():
+        workspace = _workspace(context)
+        components = workspace.components
+        registered = _registrations(workspace)
+        table = Table(title="Plugins (in load order)", title_justify="left")
+        for column in ("plugin", "version", "source", "status", "registered"):
+            table.add_column(column, overflow="fold")
+        for name, info in components.plugins.items():
+            version = info.version or "-"
+            if info.distribution:
+                version = f"{info.distribution} {version}"
+            source = f"{info.route}: {info.source}"
+            table.add_row(name, version, source, _plugin_status(info, components),
+                          "\n".join(registered.get(name, [])) or "-")
+        output.print(table)
+        if components.failures:
+            output.print("Failures:")
+        for failure in components.failures:
+            output.print(f"- {failure.message()}", highlight=False, soft_wrap=True)
+        for name, reason in sorted(workspace.registry.unavailable.items()):
+            output.print(f"- method '{name}' is unavailable: {reason}", highlight=False, soft_wrap=True)
+
+
+def _registrations(workspace) -> dict[str, list[str]]:
+    """Return, per plugin, lines 'role: name, name' of what it registered."""
+    lines: dict[str, list[str]] = {}
+    for role in ROLES:
+        by_plugin: dict[str, list[str]] = {}
+        for name, plugin in sorted(workspace.components.providers[role.key].items()):
+            by_plugin.setdefault(plugin, []).append(name)
+        for plugin, names in by_plugin.items():
+            lines.setdefault(plugin, []).append(f"{role.singular}: {', '.join(names)}")
+    methods: dict[str, list[str]] = {}
+    for name, spec in sorted(workspace.registry.methods.items()):
+        methods.setdefault(spec.provider, []).append(name)
+    for plugin, names in methods.items():
+        if plugin in workspace.components.plugins:
+            lines.setdefault(plugin, []).append(f"method: {', '.join(names)}")
+    return lines
+
+
+def _plugin_status(info, components) -> str:
+    if info.status != "loaded":
+        return info.status
+    problems = sum(failure.plugin == info.name for failure in components.failures)
+    return f"loaded, {problems} failed hook{'s' if problems != 1 else ''}" if problems else "loaded"
 
 
 def _announce_data(workspace, data: dict[str, str | None]) -> None:
