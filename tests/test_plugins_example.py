@@ -8,6 +8,7 @@ it through its ``mdskit.plugins`` entry point and not through this checkout.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -97,3 +98,16 @@ def test_method_fails_with_reason_when_example_is_disabled(installed, tmp_path):
     assert completed.returncode == 2
     assert "unknown prompt module 'smoothed-similarity'; choose one of: rvls2m. Disabled plugins: " \
            "smoothed-similarity." in " ".join(completed.stderr.split())
+
+
+def test_tutorial_python_snippets_run(installed, tmp_path):
+    """Every Python block of docs/plugins.md that is not a package file runs against the installed package."""
+    text = (PROJECT_ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    snippets = [code for path, code in re.findall(r"```python( file=\S+)?\n(.*?)```", text, re.S) if not path]
+    assert snippets
+    for index, code in enumerate(snippets):
+        script = tmp_path / f"snippet_{index}.py"
+        script.write_text(code, encoding="utf-8")
+        completed = run(installed, str(script), cwd=tmp_path)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "every prompt-module check passed" in completed.stdout
