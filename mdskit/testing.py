@@ -1,10 +1,10 @@
 """Contract checks that every registered component and method must pass.
 
-Each role has a contract class whose ``test_*`` methods are the checks:
-output types, shapes and dtypes, device and dtype following the inputs, a
-save/load round trip, a batch giving the same result as its samples one by
-one, and determinism under a seed (where the role has each of these). A
-plugin author subclasses the contract of the role and implements
+Each role has a contract class whose ``test_*`` methods are the checks.
+They cover output types, shapes and dtypes, device and dtype following the
+inputs, a save/load round trip, a batch giving the same result as its
+samples one by one, and determinism under a seed, where the role has each
+of these. A plugin author subclasses the contract of the role and implements
 ``make_component``; pytest then collects every check for the subclass::
 
     from mdskit.testing import PromptModuleContract
@@ -680,7 +680,7 @@ class CotGeneratorContract(Contract):
     """Contract of :class:`~mdskit.cot.CotGenerator`; override :meth:`samples` for other modalities."""
 
     def samples(self) -> list[MdsSample]:
-        """Return the samples whose answers are checked."""
+        """Return the samples for which the generator writes answers."""
         return synthetic_samples(6, seed=self.seed)
 
     def component(self) -> CotGenerator:

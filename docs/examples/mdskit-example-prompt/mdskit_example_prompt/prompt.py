@@ -49,7 +49,11 @@ class SmoothedSimilarityPrompt(PromptModule):
         return DecoderPrompts(dense_masks=torch.stack(masks), similarity=similarity)
 
     def smooth(self, maps: torch.Tensor) -> torch.Tensor:
-        """Convolve B x 1 x rows x cols maps with a normalised Gaussian, padding by reflection."""
+        """Convolve B x 1 x rows x cols maps with a normalised Gaussian.
+
+        The border is padded by reflection, or by replication on a grid too
+        small to reflect.
+        """
         radius = max(1, int(3 * self.sigma))
         offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
         kernel = torch.exp(-0.5 * (offsets / self.sigma) ** 2)
