@@ -105,9 +105,9 @@ class MethodSpec:
 class MethodRegistry:
     """Every method definition and every TTS strategy's default parameters.
 
-    ``unavailable`` maps the name of a method that needs a component of a
-    plugin that failed to load (or that a plugin defined invalidly) to the
-    reason; asking for it raises :class:`PluginError` with that reason.
+    ``unavailable`` maps a method name to the reason it cannot be built: it
+    needs a component of a plugin that failed to load, or a plugin defined
+    it invalidly. :meth:`method` raises :class:`PluginError` with that reason.
     """
 
     methods: dict[str, MethodSpec]
@@ -116,7 +116,7 @@ class MethodRegistry:
     unavailable: dict[str, str] = field(default_factory=dict)
 
     def method(self, name: str) -> MethodSpec:
-        """Return the method called ``name``, or raise an error that says why there is none."""
+        """Return the method called ``name``, or raise an error that gives the reason there is none."""
         if name in self.unavailable:
             raise PluginError(f"method '{name}' is unavailable: {self.unavailable[name]}")
         if name not in self.methods:

@@ -11,10 +11,11 @@ come from three routes, loaded in this order:
 3. ``(name, object)`` pairs passed to :func:`load_plugins` as ``extra``.
 
 When two plugins register the same component name, the one loaded first
-keeps it. A plugin that fails to import, implements a hook with a wrong
-signature or under an unknown name, registers a name twice, or returns the
-wrong type is recorded as a :class:`~mdskit.registry.PluginFailure` with
-the hook and the fix, and the other plugins still load.
+keeps it. Each broken plugin is recorded as a
+:class:`~mdskit.registry.PluginFailure` with the hook and the fix: one that
+fails to import, implements a hook with a wrong signature or under an
+unknown name, registers a name twice, or returns the wrong type. The other
+plugins still load.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ class MdskitHookSpecs:
     once, when the plugins are loaded (at the start of every ``mdskit``
     command, or by :func:`load_plugins`), and before ``registry.yaml`` is
     read, so the registry's methods may use the classes a hook returns.
-    A component hook returns a list of classes, each a subclass of the
-    role's base class with a unique ``name`` class attribute; the loader
-    instantiates them later with the parameters of a method definition.
+    A component hook returns a list of classes. Each is a subclass of the
+    role's base class with a unique ``name`` class attribute, and is
+    instantiated later with the parameters of a method definition.
     """
 
     @hookspec
