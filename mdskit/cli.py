@@ -179,9 +179,8 @@ def list_command(context):
 def plugins_command(context):
     """Show every plugin found: version, source, what it registered, and failures."""
     with _user_errors():
-        workspace = _workspace(context)
-        components = workspace.components
-        registered = _registrations(workspace)
+        components, registry = _plugins_and_methods(context)
+        registered = _registrations(components, registry)
         table = Table(title="Plugins (in load order)", title_justify="left")
         for column in ("plugin", "version", "source", "status", "registered"):
             table.add_column(column, overflow="fold")
@@ -197,24 +196,38 @@ def plugins_command(context):
             output.print("Failures:")
         for failure in components.failures:
             output.print(f"- {failure.message()}", highlight=False, soft_wrap=True)
-        for name, reason in sorted(workspace.registry.unavailable.items()):
+        for name, reason in sorted(registry.unavailable.items()):
             output.print(f"- method '{name}' is unavailable: {reason}", highlight=False, soft_wrap=True)
 
 
-def _registrations(workspace) -> dict[str, list[str]]:
+def _plugins_and_methods(context):
+    """Load plugins and methods; without a registry file (and no --registry), load the plugins alone."""
+    from .methods import MethodRegistry, default_registry_path
+    from .plugins import load_plugins
+
+    if context.obj["registry"] is not None or default_registry_path().is_file():
+        workspace = _workspace(context)
+        return workspace.components, workspace.registry
+    components, _ = load_plugins(disabled=context.obj["disabled"], files=context.obj["plugin_files"])
+    console.print(f"No registry file at {default_registry_path()}, so methods are not listed; pass --registry PATH.",
+                  highlight=False, soft_wrap=True)
+    return components, MethodRegistry({}, {}, source="none")
+
+
+def _registrations(components, registry) -> dict[str, list[str]]:
     """Return, per plugin, lines 'role: name, name' of what it registered."""
     lines: dict[str, list[str]] = {}
     for role in ROLES:
         by_plugin: dict[str, list[str]] = {}
-        for name, plugin in sorted(workspace.components.providers[role.key].items()):
+        for name, plugin in sorted(components.providers[role.key].items()):
             by_plugin.setdefault(plugin, []).append(name)
         for plugin, names in by_plugin.items():
             lines.setdefault(plugin, []).append(f"{role.singular}: {', '.join(names)}")
     methods: dict[str, list[str]] = {}
-    for name, spec in sorted(workspace.registry.methods.items()):
+    for name, spec in sorted(registry.methods.items()):
         methods.setdefault(spec.provider, []).append(name)
     for plugin, names in methods.items():
-        if plugin in workspace.components.plugins:
+        if plugin in components.plugins:
             lines.setdefault(plugin, []).append(f"method: {', '.join(names)}")
     return lines
 

@@ -317,3 +317,23 @@ def test_plugin_option_needs_an_existing_file(tmp_path):
     result = CliRunner().invoke(main, ["--plugin", str(tmp_path / "absent.py"), "plugins"])
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_plugins_command_without_registry_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MDSKIT_REGISTRY", str(tmp_path / "absent.yaml"))
+    result = CliRunner().invoke(main, ["plugins"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "prompt module: rvls2m" in result.output
+    assert f"No registry file at {tmp_path / 'absent.yaml'}, so methods are not listed" in result.output
+
+
+def test_plugin_methods_are_listed_with_their_plugin():
+    definition = {"backbone": {"type": "llava", "hidden_size": 32}, "decoder": {"type": "litemedsam"},
+                  "cot": {"type": "template"}}
+    plugin = types.SimpleNamespace(mdskit_methods=hookimpl(lambda: {"tiny-lisa": definition}))
+    components, plugin_methods = load_plugins(extra=[("tiny_methods", plugin)])
+    registry = load_registry(None, components, plugin_methods)
+    assert registry.method("tiny-lisa").provider == "tiny_methods"
+    assert registry.method("tiny-lisa").backbone.params == {"hidden_size": 32}
+    assert components.failures == []
