@@ -82,6 +82,8 @@ def seed_everything(seed: int) -> None:
 
 def available_devices() -> list[torch.device]:
     """Return the CPU, plus the first CUDA device when one is available."""
+    # NOTE: the first-party components were checked on the CPU only; the CUDA
+    # branch of each check has not been run on a GPU yet.
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
         devices.append(torch.device("cuda", 0))
@@ -710,7 +712,13 @@ class CotGeneratorContract(Contract):
 
 
 class DatasetAdapterContract(Contract):
-    """Contract of :class:`~mdskit.datasets.DatasetAdapter`; ``make_component`` returns an opened adapter."""
+    """Contract of :class:`~mdskit.datasets.DatasetAdapter`; ``make_component`` returns an opened adapter.
+
+    The checks of one instance share one adapter and its cases
+    (:meth:`reference`), because reading a public dataset takes a while.
+    """
+
+    _reference: tuple[DatasetAdapter, list[MdsSample]] | None = None
 
     def component(self) -> DatasetAdapter:
         component = self.build()
@@ -718,9 +726,15 @@ class DatasetAdapterContract(Contract):
                 f"make_component() returned {type(component).__name__}, not a DatasetAdapter subclass.")
         return component
 
+    def reference(self) -> tuple[DatasetAdapter, list[MdsSample]]:
+        """Return the shared adapter and its cases (read once)."""
+        if self._reference is None:
+            adapter = self.component()
+            self._reference = (adapter, adapter.load_cases())
+        return self._reference
+
     def test_cases_are_well_formed(self) -> None:
-        adapter = self.component()
-        cases = adapter.load_cases()
+        adapter, cases = self.reference()
         require(len(cases) > 0, f"dataset '{adapter.name}' returned no cases.")
         require(len({case.case_id for case in cases}) == len(cases), "case ids must be unique.")
         for case in cases:
@@ -737,7 +751,8 @@ class DatasetAdapterContract(Contract):
             require(bool(case.modality), f"{case.uid}: modality is empty.")
 
     def test_deterministic(self) -> None:
-        first, second = self.component().load_cases(), self.component().load_cases()
+        _, first = self.reference()
+        second = self.component().load_cases()
         require([case.case_id for case in first] == [case.case_id for case in second],
                 "load_cases returns different cases on two calls.")
         for one, two in zip(first, second):
@@ -745,8 +760,8 @@ class DatasetAdapterContract(Contract):
                     f"{one.uid}: image or mask differs between two calls of load_cases.")
 
     def test_splits_partition_the_cases(self) -> None:
-        adapter = self.component()
-        everything = sorted(case.case_id for case in adapter.load_cases())
+        adapter, cases = self.reference()
+        everything = sorted(case.case_id for case in cases)
         splits = {split: [case.case_id for case in adapter.load_split(split)] for split in SPLITS}
         combined = sorted(case_id for ids in splits.values() for case_id in ids)
         require(combined == everything, "the train, val and test splits must together hold every case once.")

@@ -71,7 +71,7 @@ def component_cases():
     cases = []
     for role in ROLES:
         for name in COMPONENTS.names(role.key):
-            marks = [pytest.mark.slow, pytest.mark.data] if name in REAL_DATASETS else []
+            marks = [pytest.mark.data] if name in REAL_DATASETS else []
             cases.append(pytest.param(role.key, name, id=f"{role.key}-{name}", marks=marks))
     return cases
 
