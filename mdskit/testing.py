@@ -8,10 +8,11 @@ of these. A plugin author subclasses the contract of the role and implements
 ``make_component``; pytest then collects every check for the subclass::
 
     from mdskit.testing import PromptModuleContract
+    from mdskit_example_prompt.prompt import SmoothedSimilarityPrompt
 
-    class TestTopCellsPrompt(PromptModuleContract):
+    class TestSmoothedSimilarityPrompt(PromptModuleContract):
         def make_component(self):
-            return TopCellsPrompt(top_k=4)
+            return SmoothedSimilarityPrompt(sigma=1.0)
 
 Without pytest, :func:`run_contract` runs every check of a contract
 instance and returns the violations. A failed check raises
@@ -49,7 +50,7 @@ from .tts import Candidate, Selection, TestTimeScaling
 __all__ = [
     "BackboneContract", "ContractViolation", "CotGeneratorContract", "DatasetAdapterContract",
     "MaskDecoderContract", "MethodContract", "MetricContract", "PromptModuleContract",
-    "TtsStrategyContract", "run_contract", "synthetic_samples",
+    "TtsStrategyContract", "contract_for", "run_contract", "synthetic_samples",
 ]
 
 
