@@ -1,8 +1,10 @@
 """The example plugin package, installed with pip as a user would install it.
 
 The package in docs/examples/mdskit-example-prompt is installed into a
-temporary folder, which the subprocesses put on PYTHONPATH, so mdskit finds
-it through its ``mdskit.plugins`` entry point and not through this checkout.
+temporary folder. Subprocesses put that folder on PYTHONPATH, and the
+in-process tests on ``sys.path`` (``importlib.metadata`` reads the entry
+points from ``sys.path`` at each call), so mdskit finds the package through
+its ``mdskit.plugins`` entry point and not through this checkout.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+
+from mdskit.cli import main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = PROJECT_ROOT / "docs" / "examples" / "mdskit-example-prompt"
@@ -38,6 +42,19 @@ def installed(tmp_path_factory):
     return target
 
 
+@pytest.fixture
+def on_path(installed, monkeypatch):
+    """Put the installed package on sys.path for one test, and forget its modules afterwards."""
+    monkeypatch.syspath_prepend(str(installed))
+    yield installed
+    for name in [name for name in sys.modules if name.startswith("mdskit_example_prompt")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def invoke(*arguments: str):
+    return CliRunner().invoke(main, list(arguments), env={"COLUMNS": "250"})
+
+
 def run(installed: Path, *arguments: str, cwd: Path | None = None, timeout: int = 600):
     """Run a Python command with the installed package first on PYTHONPATH."""
     paths = [str(installed), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -46,19 +63,19 @@ def run(installed: Path, *arguments: str, cwd: Path | None = None, timeout: int 
                           timeout=timeout, check=False)
 
 
-def test_plugins_lists_the_example_and_a_broken_one(installed, tmp_path):
+def test_plugins_lists_the_example_and_a_broken_one(on_path, tmp_path):
     broken = tmp_path / "broken_prompt.py"
     broken.write_text("import mdskit_no_such_dependency\n", encoding="utf-8")
-    completed = run(installed, "-c", CLI, "--plugin", str(broken), "plugins")
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    lines = completed.stdout.splitlines()
+    result = invoke("--plugin", str(broken), "plugins")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
     example = next(line for line in lines if "│ smoothed-similarity" in line)
     assert "mdskit-example-prompt 0.1.0" in example
     assert "entry point: mdskit_example_prompt.plugin" in example
     assert "prompt module: smoothed-similarity" in example
     assert "│ loaded" in example
     assert "failed" in next(line for line in lines if "│ broken_prompt" in line)
-    assert f"- plugin 'broken_prompt': failed to import from {broken}: ModuleNotFoundError" in completed.stdout
+    assert f"- plugin 'broken_prompt': failed to import from {broken}: ModuleNotFoundError" in result.output
 
 
 def test_example_passes_its_contract_tests(installed, tmp_path):
@@ -68,10 +85,10 @@ def test_example_passes_its_contract_tests(installed, tmp_path):
     assert "5 passed" in completed.stdout
 
 
-def test_example_can_be_disabled(installed):
-    completed = run(installed, "-c", CLI, "--disable-plugin", "smoothed-similarity", "plugins")
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    row = next(line for line in completed.stdout.splitlines() if "│ smoothed-similarity" in line)
+def test_example_can_be_disabled(on_path):
+    result = invoke("--disable-plugin", "smoothed-similarity", "plugins")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "│ smoothed-similarity" in line)
     assert "disabled" in row
     assert "prompt module: smoothed-similarity" not in row
 
@@ -90,24 +107,20 @@ def test_example_runs_end_to_end(installed, tmp_path):
     assert record["method"]["prompt"] == {"type": "smoothed-similarity", "sigma": 1.0, "threshold": 0.5}
 
 
-def test_method_fails_with_reason_when_example_is_disabled(installed, tmp_path):
-    registry = tmp_path / "registry.yaml"
-    registry.write_text(textwrap.dedent((EXAMPLE / "registry.yaml").read_text(encoding="utf-8")), encoding="utf-8")
-    completed = run(installed, "-c", CLI, "--registry", str(registry), "--disable-plugin", "smoothed-similarity",
+def test_method_fails_with_reason_when_example_is_disabled(on_path, tmp_path):
+    result = invoke("--registry", str(EXAMPLE / "registry.yaml"), "--disable-plugin", "smoothed-similarity",
                     "run", "smoothed", "--out", str(tmp_path / "out"))
-    assert completed.returncode == 2
-    assert "unknown prompt module 'smoothed-similarity'; choose one of: rvls2m. Disabled plugins: " \
-           "smoothed-similarity." in " ".join(completed.stderr.split())
+    assert result.exit_code == 2
+    assert ("unknown prompt module 'smoothed-similarity'; choose one of: rvls2m. Disabled plugins: "
+            "smoothed-similarity.") in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
 
 
-def test_tutorial_python_snippets_run(installed, tmp_path):
+def test_tutorial_python_snippets_run(on_path, capsys):
     """Every Python block of docs/plugins.md that is not a package file runs against the installed package."""
     text = (PROJECT_ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
     snippets = [code for path, code in re.findall(r"```python( file=\S+)?\n(.*?)```", text, re.S) if not path]
     assert snippets
-    for index, code in enumerate(snippets):
-        script = tmp_path / f"snippet_{index}.py"
-        script.write_text(code, encoding="utf-8")
-        completed = run(installed, str(script), cwd=tmp_path)
-        assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "every prompt-module check passed" in completed.stdout
+    for code in snippets:
+        exec(compile(code, "docs/plugins.md", "exec"), {"__name__": "__tutorial__"})
+    assert "every prompt-module check passed" in capsys.readouterr().out
