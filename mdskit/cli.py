@@ -236,7 +236,7 @@ def _plugin_status(info, components) -> str:
     if info.status != "loaded":
         return info.status
     problems = sum(failure.plugin == info.name for failure in components.failures)
-    return f"loaded, {problems} failed hook{'s' if problems != 1 else ''}" if problems else "loaded"
+    return f"loaded, {problems} failure{'s' if problems != 1 else ''}" if problems else "loaded"
 
 
 def _announce_data(workspace, data: dict[str, str | None]) -> None:

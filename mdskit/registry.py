@@ -158,8 +158,9 @@ class Components:
         related = self.failures_for(role_key, name)
         if related:
             reasons = " ".join(failure.message() for failure in related)
-            raise PluginError(f"unknown {role.singular} '{name}'; choose one of: {choices}. A plugin that may "
-                              f"provide it failed to load: {reasons} Run 'mdskit plugins' for details.")
+            raise PluginError(f"unknown {role.singular} '{name}'; choose one of: {choices}.{self._disabled_hint()} "
+                              f"A plugin that may provide it failed to load: {reasons} Run 'mdskit plugins' for "
+                              "details.")
         raise ConfigError(f"unknown {role.singular} '{name}'; choose one of: {choices}.{self._disabled_hint()}")
 
     def failures_for(self, role_key: str, name: str) -> list[PluginFailure]:

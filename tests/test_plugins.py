@@ -337,3 +337,14 @@ def test_plugin_methods_are_listed_with_their_plugin():
     assert registry.method("tiny-lisa").provider == "tiny_methods"
     assert registry.method("tiny-lisa").backbone.params == {"hidden_size": 32}
     assert components.failures == []
+
+
+def test_missing_name_mentions_disabled_and_failed_plugins(tmp_path):
+    broken = write(tmp_path / "broken.py", "raise RuntimeError('weights missing')\n")
+    components, _ = load_plugins(files=[broken], disabled=("rvls2m",))
+    with pytest.raises(PluginError) as caught:
+        components.get("prompt", "rvls2m")
+    message = str(caught.value)
+    assert message.startswith("unknown prompt module 'rvls2m'; choose one of: none registered. Disabled plugins: "
+                              "rvls2m. A plugin that may provide it failed to load: plugin 'broken': ")
+    assert message.endswith("Run 'mdskit plugins' for details.")
