@@ -162,8 +162,11 @@ def load_methods(registry_path: str | Path | None = None, disabled: tuple[str, .
                  plugin_files: tuple[str | Path, ...] = ()) -> tuple[Components, MethodRegistry]:
     """Load the plugins (with the registry's and the given plugin files) and then ``registry.yaml``."""
     path = Path(registry_path) if registry_path else default_registry_path()
-    files = [*registry_plugin_files(path), *map(Path, plugin_files)]
-    components, plugin_methods = load_plugins(disabled=disabled, files=files)
+    files: dict[Path, Path] = {}
+    for file in [*registry_plugin_files(path), *map(Path, plugin_files)]:
+        # The same file named in registry.yaml and with --plugin loads once.
+        files.setdefault(file.resolve(), file)
+    components, plugin_methods = load_plugins(disabled=disabled, files=list(files.values()))
     return components, load_registry(path, components, plugin_methods)
 
 

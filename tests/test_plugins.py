@@ -348,3 +348,12 @@ def test_missing_name_mentions_disabled_and_failed_plugins(tmp_path):
     assert message.startswith("unknown prompt module 'rvls2m'; choose one of: none registered. Disabled plugins: "
                               "rvls2m. A plugin that may provide it failed to load: plugin 'broken': ")
     assert message.endswith("Run 'mdskit plugins' for details.")
+
+
+def test_same_file_from_registry_and_option_loads_once(tmp_path):
+    path = prompt_plugin(tmp_path, "extra_prompt", "extra")
+    registry = write(tmp_path / "registry.yaml",
+                     TINY_METHOD.format(plugins="plugins: [extra_prompt.py]", prompt="extra"))
+    components, _ = load_methods(registry, plugin_files=(path,))
+    assert components.failures == []
+    assert components.providers["prompt"]["extra"] == "extra_prompt"
