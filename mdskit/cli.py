@@ -1,8 +1,9 @@
-"""The ``mdskit`` command line: ``run``, ``train``, ``predict``, ``bench``, ``leaderboard`` and ``list``.
+"""The ``mdskit`` command line.
 
-Only this module prints. Errors caused by input (``MdskitError``) end with
-one message and exit status 2; an interrupted run says where its results
-were kept.
+Commands: ``run``, ``train``, ``predict``, ``bench``, ``leaderboard``,
+``list`` and ``plugins``. Only this module prints. Errors caused by input
+(``MdskitError``) end with one message and exit status 2; an interrupted run
+says where its results were kept.
 """
 
 from __future__ import annotations
@@ -40,20 +41,25 @@ def _configure_logging(verbose: bool) -> None:
 @click.group()
 @click.option("--registry", "registry_path", type=click.Path(path_type=Path),
               help="Method definitions file (default: ./registry.yaml or the project's own).")
+@click.option("--plugin", "plugin_files", multiple=True, metavar="PATH",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Load a one-off plugin file (a Python module with @hookimpl functions); repeatable.")
 @click.option("--disable-plugin", "disabled", multiple=True, metavar="NAME",
-              help="Skip a plugin of the mdskit.plugins entry-point group; repeatable.")
+              help="Skip a plugin by name (entry-point name or plugin file stem); repeatable.")
 @click.option("-v", "--verbose", is_flag=True, help="Log where weights and data come from.")
 @click.pass_context
-def main(context: click.Context, registry_path: Path | None, disabled: tuple[str, ...], verbose: bool) -> None:
+def main(context: click.Context, registry_path: Path | None, plugin_files: tuple[Path, ...],
+         disabled: tuple[str, ...], verbose: bool) -> None:
     """Medical diagnosis segmentation: train, run and compare methods."""
     _configure_logging(verbose)
-    context.obj = {"registry": registry_path, "disabled": disabled}
+    context.obj = {"registry": registry_path, "disabled": disabled, "plugin_files": plugin_files}
 
 
 def _workspace(context: click.Context):
     from .runs import Workspace
 
-    return Workspace.load(context.obj["registry"], tuple(context.obj["disabled"]))
+    return Workspace.load(context.obj["registry"], tuple(context.obj["disabled"]),
+                          tuple(context.obj["plugin_files"]))
 
 
 @contextmanager
@@ -248,7 +254,7 @@ def bench(context, suite_file, out, data_root, only, no_leaderboard):
         suite = load_suite(suite_file)
         out = out or Path("benchmarks") / "results" / suite.name
         registry = context.obj["registry"] or suite.registry
-        workspace = Workspace.load(registry, tuple(context.obj["disabled"]))
+        workspace = Workspace.load(registry, tuple(context.obj["disabled"]), tuple(context.obj["plugin_files"]))
 
         def on_event(kind: str, key: str, status: str) -> None:
             console.print(f"{kind} {key}: {status}", highlight=False)
@@ -306,7 +312,74 @@ def list_command(context):
                 table.add_row(role.title, name, components.providers[role.key][name])
         output.print(table)
         for failure in components.failures:
-            output.print(f"[red]plugin {failure.plugin} failed:[/] {failure.reason}", highlight=False)
+            output.print(f"[red]Failed:[/] {failure.message()}", highlight=False, soft_wrap=True)
+        for name, reason in sorted(workspace.registry.unavailable.items()):
+            output.print(f"[red]Unavailable method {name}:[/] {reason}", highlight=False, soft_wrap=True)
+
+
+@main.command(name="plugins")
+@click.pass_context
+def plugins_command(context):
+    """Show every plugin found: version, source, what it registered, and failures."""
+    with _user_errors():
+        components, registry = _plugins_and_methods(context)
+        registered = _registrations(components, registry)
+        table = Table(title="Plugins (in load order)", title_justify="left")
+        for column in ("plugin", "version", "source", "status", "registered"):
+            table.add_column(column, overflow="fold")
+        for name, info in components.plugins.items():
+            version = info.version or "-"
+            if info.distribution:
+                version = f"{info.distribution} {version}"
+            source = f"{info.route}: {info.source}"
+            table.add_row(name, version, source, _plugin_status(info, components),
+                          "\n".join(registered.get(name, [])) or "-")
+        output.print(table)
+        if components.failures:
+            output.print("Failures:")
+        for failure in components.failures:
+            output.print(f"- {failure.message()}", highlight=False, soft_wrap=True)
+        for name, reason in sorted(registry.unavailable.items()):
+            output.print(f"- method '{name}' is unavailable: {reason}", highlight=False, soft_wrap=True)
+
+
+def _plugins_and_methods(context):
+    """Load plugins and methods; without a registry file (and no --registry), load the plugins alone."""
+    from .methods import MethodRegistry, default_registry_path
+    from .plugins import load_plugins
+
+    if context.obj["registry"] is not None or default_registry_path().is_file():
+        workspace = _workspace(context)
+        return workspace.components, workspace.registry
+    components, _ = load_plugins(disabled=context.obj["disabled"], files=context.obj["plugin_files"])
+    console.print(f"No registry file at {default_registry_path()}, so methods are not listed; pass --registry PATH.",
+                  highlight=False, soft_wrap=True)
+    return components, MethodRegistry({}, {}, source="none")
+
+
+def _registrations(components, registry) -> dict[str, list[str]]:
+    """Return, per plugin, lines 'role: name, name' of what it registered."""
+    lines: dict[str, list[str]] = {}
+    for role in ROLES:
+        by_plugin: dict[str, list[str]] = {}
+        for name, plugin in sorted(components.providers[role.key].items()):
+            by_plugin.setdefault(plugin, []).append(name)
+        for plugin, names in by_plugin.items():
+            lines.setdefault(plugin, []).append(f"{role.singular}: {', '.join(names)}")
+    methods: dict[str, list[str]] = {}
+    for name, spec in sorted(registry.methods.items()):
+        methods.setdefault(spec.provider, []).append(name)
+    for plugin, names in methods.items():
+        if plugin in components.plugins:
+            lines.setdefault(plugin, []).append(f"method: {', '.join(names)}")
+    return lines
+
+
+def _plugin_status(info, components) -> str:
+    if info.status != "loaded":
+        return info.status
+    problems = sum(failure.plugin == info.name for failure in components.failures)
+    return f"loaded, {problems} failure{'s' if problems != 1 else ''}" if problems else "loaded"
 
 
 def _announce_data(workspace, data: dict[str, str | None]) -> None:

@@ -18,13 +18,14 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
-from .registry import Components
+from .errors import ConfigError, MdskitError, PluginError
+from .plugins import load_plugins
+from .registry import Components, PluginFailure
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-TOP_LEVEL_KEYS = {"schema", "methods", "tts"}
+TOP_LEVEL_KEYS = {"schema", "plugins", "methods", "tts"}
 METHOD_KEYS = {"description", "backbone", "prompt", "decoder", "cot", "training", "provider"}
 COMPONENT_ROLES = {"backbone": "backbone", "prompt": "prompt", "decoder": "decoder", "cot": "cot"}
 OPTIONAL_COMPONENTS = {"prompt"}
@@ -102,13 +103,22 @@ class MethodSpec:
 
 @dataclass
 class MethodRegistry:
-    """Every method definition and every TTS strategy's default parameters."""
+    """Every method definition and every TTS strategy's default parameters.
+
+    ``unavailable`` maps a method name to the reason it cannot be built: it
+    needs a component of a plugin that failed to load, or a plugin defined
+    it invalidly. :meth:`method` raises :class:`PluginError` with that reason.
+    """
 
     methods: dict[str, MethodSpec]
     tts_defaults: dict[str, dict[str, Any]]
     source: str
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     def method(self, name: str) -> MethodSpec:
+        """Return the method called ``name``, or raise an error that gives the reason there is none."""
+        if name in self.unavailable:
+            raise PluginError(f"method '{name}' is unavailable: {self.unavailable[name]}")
         if name not in self.methods:
             choices = ", ".join(sorted(self.methods)) or "none defined"
             raise ConfigError(f"unknown method '{name}'; choose one of: {choices} (defined in {self.source}).")
@@ -125,9 +135,56 @@ def default_registry_path() -> Path:
     return Path(__file__).resolve().parents[1] / "registry.yaml"
 
 
+def registry_plugin_files(path: str | Path | None) -> list[Path]:
+    """Return the plugin files that ``registry.yaml``'s ``plugins`` key names.
+
+    Paths are relative to the registry file's folder. A missing registry
+    file names none (:func:`load_registry` reports it).
+
+    Raises:
+        ConfigError: The file is not valid YAML or ``plugins`` is not a
+            list of paths.
+    """
+    path = Path(path) if path else default_registry_path()
+    if not path.is_file():
+        return []
+    document = _read_yaml(path)
+    entries = document.get("plugins") if isinstance(document, dict) else None
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or not all(isinstance(entry, str) and entry for entry in entries):
+        raise ConfigError(f"{path}: 'plugins' must be a list of plugin file paths (relative to the registry "
+                          f"file), got {entries!r}.")
+    return [(path.parent / entry).resolve() if not Path(entry).is_absolute() else Path(entry) for entry in entries]
+
+
+def load_methods(registry_path: str | Path | None = None, disabled: tuple[str, ...] = (),
+                 plugin_files: tuple[str | Path, ...] = ()) -> tuple[Components, MethodRegistry]:
+    """Load the plugins (with the registry's and the given plugin files) and then ``registry.yaml``."""
+    path = Path(registry_path) if registry_path else default_registry_path()
+    files: dict[Path, Path] = {}
+    for file in [*registry_plugin_files(path), *map(Path, plugin_files)]:
+        # The same file named in registry.yaml and with --plugin loads once.
+        files.setdefault(file.resolve(), file)
+    components, plugin_methods = load_plugins(disabled=disabled, files=list(files.values()))
+    return components, load_registry(path, components, plugin_methods)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+
+
 def load_registry(path: str | Path | None, components: Components,
                   plugin_methods: dict[str, dict[str, Any]] | None = None) -> MethodRegistry:
     """Read and validate ``registry.yaml``, adding methods that plugins define.
+
+    A method that needs a component of a plugin that failed to load, and a
+    plugin's invalid method definition, do not stop the others: they go to
+    ``unavailable`` with the reason (plugin methods also to
+    ``components.failures``).
 
     Raises:
         ConfigError: naming the file, the key and the valid choices.
@@ -135,10 +192,7 @@ def load_registry(path: str | Path | None, components: Components,
     path = Path(path) if path else default_registry_path()
     if not path.is_file():
         raise ConfigError(f"registry file {path} not found; pass --registry PATH or run from the project folder.")
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    document = _read_yaml(path)
     _check_keys(document, TOP_LEVEL_KEYS, f"{path}")
     if not isinstance(document.get("methods") or {}, dict):
         raise ConfigError(f"{path}: 'methods' must be a mapping of method names to definitions.")
@@ -146,12 +200,25 @@ def load_registry(path: str | Path | None, components: Components,
         raise ConfigError(f"{path}: schema must be {SCHEMA_VERSION}, got {document.get('schema')!r}.")
 
     methods: dict[str, MethodSpec] = {}
+    unavailable: dict[str, str] = {}
     for name, definition in (plugin_methods or {}).items():
-        methods[name] = parse_method(name, definition, components, f"plugin {definition.get('provider', '?')}")
+        provider = str(definition.get("provider", "?"))
+        try:
+            methods[name] = parse_method(name, definition, components, f"plugin {provider}, method {name}")
+        except MdskitError as error:
+            unavailable[name] = str(error)
+            components.failures.append(PluginFailure(provider, f"hook mdskit_methods returned an invalid "
+                                                               f"definition: {error}", hook="mdskit_methods"))
     for name, definition in (document.get("methods") or {}).items():
-        methods[name] = parse_method(name, definition, components, f"{path}: methods.{name}")
+        unavailable.pop(name, None)
+        try:
+            methods[name] = parse_method(name, definition, components, f"{path}: methods.{name}")
+        except PluginError as error:
+            methods.pop(name, None)
+            unavailable[name] = str(error)
+            logger.warning("method %s is unavailable: %s", name, error)
     tts_defaults = _parse_tts(document.get("tts") or {}, components, path)
-    return MethodRegistry(methods, tts_defaults, str(path))
+    return MethodRegistry(methods, tts_defaults, str(path), unavailable)
 
 
 def parse_method(name: str, definition: Any, components: Components, where: str) -> MethodSpec:
@@ -183,8 +250,8 @@ def parse_component(entry: Any, role: str, components: Components, where: str) -
     params = {key: value for key, value in entry.items() if key != "type"}
     try:
         component = components.get(role, str(entry["type"]))
-    except ConfigError as error:
-        raise ConfigError(f"{where}.type: {error}") from None
+    except (ConfigError, PluginError) as error:
+        raise type(error)(f"{where}.type: {error}") from None
     check_params(component, params, where)
     return ComponentSpec(str(entry["type"]), copy.deepcopy(params))
 

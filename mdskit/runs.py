@@ -23,11 +23,10 @@ from .cot import attach_text
 from .datasets import DatasetAdapter
 from .errors import DataError, MdskitError
 from .evaluation import predict, prediction_record, result_from_record
-from .methods import MethodRegistry, MethodSpec, load_registry
+from .methods import MethodRegistry, MethodSpec, load_methods
 from .metrics import CONVENTIONS, SampleResult, summarize
 from .model import MdsModel
 from .outputs import append_jsonl, overlay, provenance, read_jsonl, rewrite_jsonl, save_png, write_json
-from .plugins import load_plugins
 from .registry import Components
 from .sample import MdsSample
 from .training import ProgressCallback, Trainer, TrainResult
@@ -46,9 +45,10 @@ class Workspace:
     registry: MethodRegistry
 
     @classmethod
-    def load(cls, registry_path: str | Path | None = None, disabled: tuple[str, ...] = ()) -> Workspace:
-        components, plugin_methods = load_plugins(disabled=disabled)
-        return cls(components, load_registry(registry_path, components, plugin_methods))
+    def load(cls, registry_path: str | Path | None = None, disabled: tuple[str, ...] = (),
+             plugin_files: tuple[str | Path, ...] = ()) -> Workspace:
+        """Load the plugins (with the registry's and the given plugin files) and ``registry.yaml``."""
+        return cls(*load_methods(registry_path, disabled, plugin_files))
 
 
 @dataclass

@@ -1,0 +1,3 @@
+"""An example mdskit plugin: a smoothed-similarity prompt module."""
+
+__version__ = "0.1.0"
