@@ -274,7 +274,7 @@ def test_method_of_broken_plugin_fails_with_its_reason(tmp_path):
         methods.method("with-extra")
     message = str(caught.value)
     assert message.startswith("method 'with-extra' is unavailable: ")
-    assert "methods.with-extra.prompt.type: unknown prompt module 'extra'; choose one of: rvls2m." in message
+    assert "methods.with-extra.prompt.type: unknown prompt module 'extra'; choose one of: rvls2m, similarity-box, similarity-points." in message
     assert "plugin 'broken': failed to import from" in message
     assert "RuntimeError: weights missing" in message
     with pytest.raises(PluginError, match="RuntimeError: weights missing"):

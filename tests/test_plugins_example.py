@@ -111,7 +111,8 @@ def test_method_fails_with_reason_when_example_is_disabled(on_path, tmp_path):
     result = invoke("--registry", str(EXAMPLE / "registry.yaml"), "--disable-plugin", "smoothed-similarity",
                     "run", "smoothed", "--out", str(tmp_path / "out"))
     assert result.exit_code == 2
-    assert ("unknown prompt module 'smoothed-similarity'; choose one of: rvls2m. Disabled plugins: "
+    assert ("unknown prompt module 'smoothed-similarity'; choose one of: rvls2m, similarity-box, "
+            "similarity-points. Disabled plugins: "
             "smoothed-similarity.") in " ".join(result.output.split())
     assert not (tmp_path / "out").exists()
 
