@@ -7,6 +7,7 @@ deliberately broken component of its role with the expected message.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -55,7 +56,10 @@ def factories(role: str, name: str, dataset_folder=None):
             "image_embedding_shape": (16, 8, 8),
             "load_component": lambda self, original, folder: component(pretrained=folder, **TINY_LLAVA)}
     if role == "prompt":
-        return (lambda: component(grid=4, top_n=3)), {}
+        # Shrink RVLS2M-style grids to the contract's 4 x 4 token grid; other modules keep their defaults.
+        accepted = inspect.signature(component).parameters
+        small = {key: value for key, value in {"grid": 4, "top_n": 3}.items() if key in accepted}
+        return (lambda: component(**small)), {}
     if role == "tts":
         paths = 1 if name == "none" else 3
         return (lambda: component(num_paths=paths, temperature=1.0)), {}

@@ -83,7 +83,9 @@ class SimilarityBox(PromptModule):
             height, width = image_map.shape
             box = mask_box(image_map.detach() >= self.threshold) or (0.0, 0.0, float(width), float(height))
             boxes.append(image_box_to_frame(box, frame))
-        tensor = torch.tensor(boxes, dtype=torch.float32, device=image_token_embeddings.device)
+        # Pixel coordinates keep at least float32 precision, because bfloat16 cannot hold them exactly.
+        dtype = torch.promote_types(image_token_embeddings.dtype, torch.float32)
+        tensor = torch.tensor(boxes, dtype=dtype, device=image_token_embeddings.device)
         return DecoderPrompts(boxes=tensor, similarity=maps)
 
 
@@ -136,6 +138,7 @@ class SimilarityPoints(PromptModule):
             coordinates.append(points)
             labels.append([label for _, label in chosen])
         device = image_token_embeddings.device
-        return DecoderPrompts(points=(torch.tensor(coordinates, dtype=torch.float32, device=device),
+        dtype = torch.promote_types(image_token_embeddings.dtype, torch.float32)
+        return DecoderPrompts(points=(torch.tensor(coordinates, dtype=dtype, device=device),
                                       torch.tensor(labels, dtype=torch.long, device=device)),
                               similarity=maps)
