@@ -55,7 +55,7 @@ def test_cli_reference_covers_every_command():
 
 def test_tutorial_files_equal_the_example_package():
     files = {path: code for _, path, code in tutorial_blocks() if path}
-    assert set(files) == {"pyproject.toml", "registry.yaml", "mdskit_example_prompt/__init__.py",
+    assert set(files) == {"pyproject.toml", "registry.yaml", "suite.yaml", "mdskit_example_prompt/__init__.py",
                           "mdskit_example_prompt/prompt.py", "mdskit_example_prompt/plugin.py",
                           "tests/test_contract.py"}
     for path, code in files.items():

@@ -107,6 +107,27 @@ def test_example_runs_end_to_end(installed, tmp_path):
     assert record["method"]["prompt"] == {"type": "smoothed-similarity", "sigma": 1.0, "threshold": 0.5}
 
 
+@pytest.mark.slow
+def test_example_benchmarks_against_rvls2m(installed, tmp_path):
+    """The tutorial's suite, with a 2-step budget, through mdskit bench and its leaderboard."""
+    shutil.copy(EXAMPLE / "registry.yaml", tmp_path / "registry.yaml")
+    suite = (EXAMPLE / "suite.yaml").read_text(encoding="utf-8")
+    suite = suite.replace("budget: {steps: 20, batch_size: 4}", "budget: {steps: 2, batch_size: 2}")
+    suite = suite.replace("max_samples: 6", "max_samples: 3")
+    (tmp_path / "suite.yaml").write_text(suite, encoding="utf-8")
+    out = tmp_path / "bench"
+    completed = run(installed, "-c", CLI, "bench", str(tmp_path / "suite.yaml"), "--out", str(out), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    leaderboard = json.loads((out / "leaderboard" / "leaderboard.json").read_text(encoding="utf-8"))
+    text = json.dumps(leaderboard)
+    assert '"smoothed"' in text
+    assert '"rvls2m-baseline"' in text
+    assert '"whole-image"' in text
+    markdown = (out / "leaderboard" / "leaderboard.md").read_text(encoding="utf-8")
+    assert "smoothed" in markdown
+    assert "rvls2m-baseline" in markdown
+
+
 def test_method_fails_with_reason_when_example_is_disabled(on_path, tmp_path):
     result = invoke("--registry", str(EXAMPLE / "registry.yaml"), "--disable-plugin", "smoothed-similarity",
                     "run", "smoothed", "--out", str(tmp_path / "out"))
