@@ -93,14 +93,17 @@ def sample_candidates(model: MdsModel, sample: MdsSample, plan: SamplingPlan,
 
     The image is encoded once. Per phrasing, the paths are decoded in one
     batch that shares the prompt's key-value cache, path i sampling with
-    the seed :func:`path_seed` gives it. Every answer of every phrasing is
-    then passed once more through the backbone (teacher-forced, as in
-    training) in one batch, and all (answer, region prompt) pairs are
-    decoded into masks in one decoder call.
+    the seed :func:`path_seed` gives it. Every distinct answer of every
+    phrasing is then passed once more through the backbone (teacher-forced,
+    as in training) in one batch, and all (answer, region prompt) pairs are
+    decoded into masks in one decoder call. Perturbations are seeded by
+    :func:`answer_seed`.
 
-    The seeds depend on ``seed``, the sample's id, the phrasing and the
-    path only, so the first k paths of a request are the same whatever the
-    number of paths, and do not depend on which samples ran before.
+    The seeds depend on ``seed``, the sample's id, the phrasing, the path
+    and the answer only, so the first k paths of a request and their masks
+    are the same whatever the number of paths (up to floating-point
+    differences between batch sizes), and do not depend on which samples
+    ran before.
     """
     model.eval()
     base_seed = _sample_seed(seed, sample.uid)
@@ -118,21 +121,27 @@ def sample_candidates(model: MdsModel, sample: MdsSample, plan: SamplingPlan,
         logprobs.extend(generated.mean_logprobs[0])
         row_questions.extend([question] * plan.num_paths)
 
-    repeated = encoded.select([0] * len(texts))
-    output = model.backbone(repeated.image_features, row_questions, texts)
-    generator = torch.Generator().manual_seed(base_seed)
+    # Paths with the same text under the same question have the same
+    # states and masks, so each distinct answer is decoded once.
+    answers = list(dict.fromkeys(zip(row_questions, texts)))
+    position = {answer: index for index, answer in enumerate(answers)}
+    repeated = encoded.select([0] * len(answers))
+    output = model.backbone(repeated.image_features, [question for question, _ in answers],
+                            [text for _, text in answers])
     count = plan.num_perturbations
-    masks = model.masks_from_text(repeated, output, num_perturbations=count, generator=generator)
+    seeds = [answer_seed(base_seed, question, text) for question, text in answers]
+    masks = model.masks_from_text(repeated, output, num_perturbations=count, perturbation_seeds=seeds)
 
     candidates = []
     for row, text in enumerate(texts):
         diagnosis = parse_diagnosis(text, sample.label_set)
+        answer = position[(row_questions[row], text)]
         for perturbation in range(count):
-            index = row * count + perturbation
+            index = answer * count + perturbation
             candidates.append(Candidate(
-                path_index=index, text=text, diagnosis=diagnosis, mask_logits=masks.mask_logits[index],
-                seg_found=masks.seg_found[index], mean_logprob=logprobs[row], iou_score=masks.iou_scores[index],
-                sampled_path=row % plan.num_paths, perturbation=perturbation,
+                path_index=row * count + perturbation, text=text, diagnosis=diagnosis,
+                mask_logits=masks.mask_logits[index], seg_found=masks.seg_found[index], mean_logprob=logprobs[row],
+                iou_score=masks.iou_scores[index], sampled_path=row % plan.num_paths, perturbation=perturbation,
                 question_index=row // plan.num_paths))
     similarity = None
     if masks.prompts is not None and masks.prompts.similarity:
@@ -180,6 +189,12 @@ def ensemble_questions(sample: MdsSample, count: int) -> list[str]:
 def path_seed(base_seed: int, question_index: int, path: int) -> int:
     """Seed of one sampled path, from the request's seed, the phrasing and the path index."""
     digest = hashlib.sha256(f"{base_seed}:{question_index}:{path}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def answer_seed(base_seed: int, question: str, text: str) -> int:
+    """Seed of an answer's region-prompt perturbations, from the request's seed, the question and the text."""
+    digest = hashlib.sha256(f"{base_seed}:{question}:{text}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 

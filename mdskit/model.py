@@ -111,7 +111,7 @@ class MdsModel(nn.Module):
         return EncodedImages(embeddings, features, decoder_frames, token_frames)
 
     def masks_from_text(self, encoded: EncodedImages, output: BackboneOutput, num_perturbations: int = 1,
-                        generator: torch.Generator | None = None) -> TextMasks:
+                        perturbation_seeds: Sequence[int] | None = None) -> TextMasks:
         """Decode one mask per ``[SEG]`` token of each row and fuse them per row.
 
         Args:
@@ -120,7 +120,9 @@ class MdsModel(nn.Module):
             num_perturbations: Region prompts per row (n). Beyond the
                 prompt module's own prompt, n - 1 perturbed ones come from
                 its ``perturbed_prompts`` method; each gives a mask.
-            generator: CPU generator of the perturbations' random choices.
+            perturbation_seeds: Per row, the seed of its perturbations'
+                random choices, so a row's prompts do not depend on the
+                other rows (0 for every row when None).
 
         Returns:
             Masks for B x n (row, prompt) pairs, entry ``row * n + k`` for
@@ -149,8 +151,8 @@ class MdsModel(nn.Module):
         image_embeddings = encoded.image_embeddings[rows]
         decoder_prompts = prompts
         if num_perturbations > 1:
-            decoder_prompts = self._with_perturbations(prompts, encoded.select(row_list), num_perturbations,
-                                                       generator)
+            seeds = [perturbation_seeds[row] if perturbation_seeds is not None else 0 for row in row_list]
+            decoder_prompts = self._with_perturbations(prompts, encoded.select(row_list), num_perturbations, seeds)
             image_embeddings = image_embeddings.repeat_interleave(num_perturbations, dim=0)
             seg_embeddings = seg_embeddings.repeat_interleave(num_perturbations, dim=0)
             row_list = [row * num_perturbations + k for row in row_list for k in range(num_perturbations)]
@@ -168,12 +170,14 @@ class MdsModel(nn.Module):
                 "or use a method with the rvls2m prompt module.")
 
     def _with_perturbations(self, prompts: DecoderPrompts, encoded: EncodedImages, count: int,
-                            generator: torch.Generator | None) -> DecoderPrompts:
+                            seeds: Sequence[int]) -> DecoderPrompts:
         """Interleave each [SEG] token's prompt with ``count - 1`` perturbed versions of it."""
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
         dense = prompts.dense_masks
-        perturbed = self.prompt_module.perturbed_prompts(prompts.similarity, encoded.decoder_frames, count - 1,
-                                                         generator, dtype=dense.dtype).to(dense.device)
+        perturbed = torch.cat([
+            self.prompt_module.perturbed_prompts([similarity], [frame], count - 1,
+                                                 torch.Generator().manual_seed(seed), dtype=dense.dtype)
+            for similarity, frame, seed in zip(prompts.similarity, encoded.decoder_frames, seeds, strict=True)
+        ]).to(dense.device)
         perturbed = perturbed.view(dense.shape[0], count - 1, *dense.shape[1:])
         interleaved = torch.cat([dense.unsqueeze(1), perturbed], dim=1).flatten(0, 1)
         return DecoderPrompts(dense_masks=interleaved, similarity=prompts.similarity)
