@@ -134,10 +134,10 @@ def run(context, method, ttss, checkpoint, out, num_paths, temperature, num_pert
 
 def _override_tts(workspace, ttss: str, **overrides) -> None:
     """Put the strategy options given on the command line over its registry.yaml defaults."""
-    given = {key: value for key, value in overrides.items() if value is not None}
-    if given:
+    options = {key: value for key, value in overrides.items() if value is not None}
+    if options:
         defaults = workspace.registry.tts_defaults
-        defaults[ttss] = {**defaults.get(ttss, {}), **given}
+        defaults[ttss] = {**defaults.get(ttss, {}), **options}
 
 
 @main.command()

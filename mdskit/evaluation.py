@@ -215,10 +215,11 @@ def _sample_seed(seed: int, uid: str) -> int:
 def prediction_record(prediction: Prediction, result: SampleResult) -> dict:
     """Build the ``predictions.jsonl`` record of one sample.
 
-    Each candidate carries its text, diagnosis, scores (the decoder's
-    predicted IoU, the mean token log-probability, the mean IoU with the
-    other candidates' masks, and the strategy's own score when it ranks),
-    whether it was chosen, and a summary of its mask (area, bounding box).
+    Each candidate record contains its text and diagnosis, whether it was
+    chosen, and a summary of its mask (area, bounding box). Its scores are
+    the decoder's predicted IoU, the mean token log-probability, the mean
+    IoU with the other candidates' masks, and the strategy's own score
+    when the strategy ranks candidates.
     """
     sample, selection = prediction.sample, prediction.selection
     ordered = sorted(prediction.candidates, key=lambda candidate: candidate.path_index)

@@ -95,7 +95,7 @@ def test_best_of_n_prefers_complete_answers():
     assert selection.chosen == [2]
 
 
-def test_best_of_n_without_valid_candidate_is_scored_failure():
+def test_best_of_n_all_candidates_invalid():
     candidates = [candidate(0, None, SQUARE, seg_found=False, iou_score=0.0),
                   candidate(1, None, CORNER, seg_found=False, iou_score=0.0)]
 
@@ -216,7 +216,7 @@ def test_region_perturbation_fuses_prompts_of_one_path():
 
 
 def test_self_consistency_votes_once_per_path_with_perturbations():
-    # Two paths say benign and one malignant, each with two region prompts.
+    # Two paths name benign and one malignant, each with two region prompts.
     candidates = []
     for path, label in enumerate(["malignant", "benign", "benign"]):
         for k in range(2):
@@ -265,7 +265,8 @@ def test_perturbations_change_cells():
     varied = perturb_cells(selected, means, occupied, 4, "top-n", generator)
 
     assert int(dilated.sum()) == 8
-    assert int(eroded.sum()) >= 1 and bool((eroded <= selected).all())
+    assert int(eroded.sum()) >= 1
+    assert bool((eroded <= selected).all())
     assert not torch.equal(shifted, selected)
     assert 2 <= int(varied.sum()) <= 6
 
