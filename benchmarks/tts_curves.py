@@ -59,13 +59,18 @@ def configurations(max_paths: int, max_perturbations: int) -> list[tuple[str, st
             for score in SCORES:
                 rows.append((f"best-of-n:{score}/{suffix}", f"best-of-n:{score}", paths, perturbations, 1))
             rows.append((f"oracle/{suffix}", "oracle", paths, perturbations, 1))
-    for perturbations in GREEDY_PERTURBATION_COUNTS:
+    for perturbations in greedy_perturbation_counts(max_perturbations):
         rows.append((f"region-perturbation/m1-n{perturbations}", "region-perturbation", 1, perturbations, 1))
         rows.append((f"oracle-greedy/m1-n{perturbations}", "oracle", 1, perturbations, 1))
     for questions in QUESTION_COUNTS:
         rows.append((f"prompt-ensemble/q{questions}", "prompt-ensemble", 1, 1, questions))
         rows.append((f"oracle-greedy/q{questions}", "oracle", 1, 1, questions))
     return rows
+
+
+def greedy_perturbation_counts(max_perturbations: int) -> tuple[int, ...]:
+    """Region prompts of the greedy answers: up to 4, or only 1 when the method cannot perturb (LISA)."""
+    return GREEDY_PERTURBATION_COUNTS if max_perturbations > 1 else (1,)
 
 
 def strategy_for(name: str):
@@ -83,8 +88,9 @@ def score_case(model, sample, args) -> dict:
     """Generate one case's candidates once and score every configuration on its subsets."""
     sampled, _ = sample_candidates(model, sample, SamplingPlan(args.max_paths, args.temperature, True,
                                                                args.max_perturbations, 1), seed=args.seed)
-    greedy, _ = sample_candidates(model, sample, SamplingPlan(1, 1.0, False, max(GREEDY_PERTURBATION_COUNTS),
-                                                              max(QUESTION_COUNTS)), seed=args.seed)
+    greedy_plan = SamplingPlan(1, 1.0, False, max(greedy_perturbation_counts(args.max_perturbations)),
+                               max(QUESTION_COUNTS))
+    greedy, _ = sample_candidates(model, sample, greedy_plan, seed=args.seed)
     results = {}
     for key, name, paths, perturbations, questions in configurations(args.max_paths, args.max_perturbations):
         if key.startswith(("self-consistency/", "best-of-n", "oracle/")):
@@ -130,14 +136,18 @@ def markdown(table: dict, args, wall_s: float, cases: int) -> str:
              f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} torch threads, Python "
              f"{platform.python_version()}, torch {torch.__version__}. {cases} test cases; candidates generated "
              f"once per case (m = {args.max_paths} sampled paths at temperature {args.temperature}, "
-             f"n = {args.max_perturbations} region prompts per path; greedy answers of 3 phrasings with 4 region "
-             f"prompts each), wall time {wall_s / 60:.1f} min.", "",
+             f"n = {args.max_perturbations} region prompts per path; greedy answers of 3 phrasings with "
+             f"{max(greedy_perturbation_counts(args.max_perturbations))} region prompts each), wall time of this "
+             f"invocation {wall_s / 60:.1f} min (resumed runs count only the cases they computed).", "",
              "`oracle` selects with the ground truth (true diagnosis first, then IoU): an UPPER BOUND, not a "
              "usable strategy. Values in %; accuracy / gIoU / cIoU / Dice.", ""]
 
     lines += ["## Share of the oracle's gain over greedy that each strategy recovers", "",
-              "(strategy - greedy) / (oracle - greedy) at the same m and n, for accuracy and Dice; "
-              "n/a where the oracle gains nothing.", ""]
+              "(strategy - greedy) / (oracle - greedy) for accuracy and Dice, n/a where the oracle gains "
+              "nothing. Each sampling strategy is compared with the oracle over the same m x n candidates, "
+              "region-perturbation with the oracle over the same greedy answer's 4 region prompts "
+              "(oracle-greedy/m1-n4), and prompt-ensemble with the oracle over the same 3 greedy answers "
+              "(oracle-greedy/q3). The gain column is that of the oracle over m sampled paths with n = 1.", ""]
     header = "| dataset | metric | oracle gain (points) | " + " | ".join(_recovery_columns(args)) + " |"
     lines += [header, "|" + "---|" * (3 + len(_recovery_columns(args)))]
     for dataset in datasets:
@@ -167,7 +177,8 @@ def _recovery_pairs(args) -> list[tuple[str, str]]:
     pairs += [(f"best-of-n:{score}/m{m}-n1", f"oracle/m{m}-n1") for score in SCORES]
     if args.max_perturbations > 1:
         pairs.append((f"self-consistency/m{m}-n2", f"oracle/m{m}-n2"))
-    pairs.append(("region-perturbation/m1-n4", "oracle-greedy/m1-n4"))
+    if args.max_perturbations > 1:
+        pairs.append(("region-perturbation/m1-n4", "oracle-greedy/m1-n4"))
     pairs.append(("prompt-ensemble/q3", "oracle-greedy/q3"))
     return pairs
 
@@ -200,6 +211,7 @@ def plot(table: dict, args, path: Path) -> None:
                     label = f"{strategy} n={perturbations}" + (" (upper bound)" if strategy == "oracle" else "")
                     axis.plot(paths, values, style, marker="o", color=colours[strategy], label=label)
             axis.axhline(100 * table["greedy"][dataset][metric], color="grey", linestyle=":", label="greedy")
+            axis.ticklabel_format(axis="y", useOffset=False)
             axis.set_xscale("log", base=2)
             axis.set_xticks(paths, [str(m) for m in paths])
             axis.set_title(f"{dataset}: {metric}")

@@ -54,6 +54,20 @@ class Prediction:
     def mask(self) -> np.ndarray:
         return self.selection.mask.detach().cpu().numpy().astype(bool)
 
+    @property
+    def agreement(self) -> torch.Tensor:
+        """Return the H x W per-pixel agreement map in [0, 1] saved beside the mask.
+
+        It is the strategy's own map (for example the share of the fused
+        masks), or else the share of all candidates whose mask marks the
+        pixel, a candidate without ``[SEG]`` counting as an empty mask.
+        """
+        if self.selection.agreement is not None:
+            return self.selection.agreement
+        if not self.candidates:
+            return torch.zeros(self.selection.mask.shape)
+        return candidate_masks(self.candidates).to(torch.float32).mean(dim=0)
+
     def score(self) -> SampleResult:
         """Score the prediction; a missing mask or diagnosis counts as a failure."""
         sample = self.sample

@@ -295,6 +295,5 @@ def _save_images(out: Path, prediction) -> None:
     name = f"{sample.dataset}/{sample.case_id.replace('/', '_')}.png"
     save_png(out / "masks" / name, prediction.mask)
     save_png(out / "overlays" / name, overlay(sample.image, prediction.mask))
-    if prediction.selection.agreement is not None:
-        agreement = (prediction.selection.agreement.detach().cpu().float().numpy() * 255).round()
-        save_png(out / "agreement" / name, agreement.astype("uint8"))
+    agreement = (prediction.agreement.detach().cpu().float().numpy() * 255).round()
+    save_png(out / "agreement" / name, agreement.astype("uint8"))
