@@ -143,10 +143,12 @@ class TestTimeScaling:
 
     def __init__(self, num_paths: int = 1, temperature: float = 1.0, num_perturbations: int = 1,
                  num_questions: int = 1) -> None:
-        _check_count("num_paths", num_paths, self.MAX_NUM_PATHS, "paths per request")
+        _check_count("num_paths", num_paths, self.MAX_NUM_PATHS, "paths per request",
+                     "every path costs one generation and one mask decode")
         _check_count("num_perturbations", num_perturbations, self.MAX_NUM_PERTURBATIONS,
-                     "region prompts per path")
-        _check_count("num_questions", num_questions, self.MAX_NUM_QUESTIONS, "phrasings per request")
+                     "region prompts per path", "the perturbations give few distinct prompts, so more repeat them")
+        _check_count("num_questions", num_questions, self.MAX_NUM_QUESTIONS, "phrasings per request",
+                     "no modality has more phrasings")
         if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
                 or not math.isfinite(temperature):
             raise ConfigError(f"temperature must be a finite number, got {temperature!r}; set for example 0.7.")
@@ -224,11 +226,11 @@ def mean_agreement(masks: torch.Tensor) -> list[float]:
     return (others / (count - 1)).tolist()
 
 
-def _check_count(name: str, value: object, maximum: int, meaning: str) -> None:
+def _check_count(name: str, value: object, maximum: int, meaning: str, reason: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"{name} must be an integer, got {value!r}.")
     if value < 1:
         raise ConfigError(f"{name} must be at least 1, got {value}.")
     if value > maximum:
         raise ConfigError(
-            f"{name} {value} exceeds the maximum of {maximum} {meaning}. Set a smaller {name}.")
+            f"{name} {value} exceeds the maximum of {maximum} {meaning}, because {reason}. Set a smaller {name}.")
