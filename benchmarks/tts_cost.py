@@ -17,7 +17,9 @@ Measured per configuration, summed over the cases:
   ``/proc/self/status``, sampled every 2 ms by a thread) during the case,
   minus the resident set size just before it, the maximum over the cases.
   It covers every allocation of the process, torch's included, which
-  ``tracemalloc`` would miss.
+  ``tracemalloc`` would miss. It is a lower bound of the memory a case
+  needs, because memory that earlier cases freed but the allocator kept
+  is reused without raising the resident set size.
 
 Example (from the project folder):
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
+import resource
 import statistics
 import threading
 import time
@@ -145,9 +148,12 @@ def main() -> None:
     samples = load_split(adapters, "test", spec, workspace.components, args.max_samples, args.seed)
     counter = CallCounter(model)
 
-    # Warm up: fill the embedding cache and the first-call paths of torch.
+    # Warm up at the largest configuration: fill the embedding cache, and let
+    # torch's kernels and the C allocator's thresholds settle, because the
+    # first large allocations are slower and would bias the first rows.
     for sample in samples:
-        predict(model, sample, SelfConsistency(num_paths=2, num_perturbations=2), seed=args.seed)
+        predict(model, sample, SelfConsistency(num_paths=max(PATH_COUNTS), num_perturbations=2), seed=args.seed)
+        predict(model, sample, Greedy(), seed=args.seed)
     counter.reset()
 
     rows = []
@@ -189,6 +195,11 @@ def _row(paths: int, perturbations: int, greedy_runs: list[dict], sampled_runs: 
     }
 
 
+def _max_rss_mib() -> float:
+    """Return the process's peak resident set size in MiB (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _markdown(rows: list[dict], command: str, cases: int, args) -> str:
     lines = [
         "# Test-time scaling cost against greedy decoding", "",
@@ -199,7 +210,9 @@ def _markdown(rows: list[dict], command: str, cases: int, args) -> str:
         f"{args.repeats} pass(es); sampled paths at temperature {args.temperature}, strategy self-consistency.", "",
         "Wall time: sum over the cases of `predict`. LM calls: language-model forward passes (prefill plus one "
         "per generated token). Decoder rows: masks decoded. Peak memory: highest resident set size during a case "
-        "above the size before it (VmRSS sampled every 2 ms), the maximum over the cases.", "",
+        "above the size before it (VmRSS sampled every 2 ms), the maximum over the cases: a lower bound, because "
+        "memory freed by earlier cases and kept by the allocator is reused without raising it. Process peak "
+        f"resident set size over the whole benchmark: {_max_rss_mib():.0f} MiB.", "",
         "| m | n | greedy wall (s) | wall (s) | wall ratio | median per-case ratio | LM calls (greedy) | "
         "teacher-forced passes | decoder calls | decoder rows (greedy) | peak MiB (greedy) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

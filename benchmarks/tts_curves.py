@@ -47,6 +47,9 @@ GREEDY_PERTURBATION_COUNTS = (1, 2, 4)
 QUESTION_COUNTS = (1, 2, 3)
 SCORES = ("predicted-iou", "logprob", "agreement")
 CURVE_METRICS = ("accuracy", "giou", "ciou", "dice")
+MIN_ORACLE_GAIN = 0.005
+"""Smallest oracle gain (0.5 points) that a recovered share is computed for,
+because a share of a smaller gain is mostly noise."""
 
 
 def configurations(max_paths: int, max_perturbations: int) -> list[tuple[str, str, int, int, int]]:
@@ -120,10 +123,10 @@ def summaries(records: list[dict], metrics) -> dict[str, dict]:
 
 
 def recovered_share(table: dict, dataset: str, metric: str, strategy_key: str, oracle_key: str) -> str:
-    """Format (strategy - greedy) / (oracle - greedy) in %, or n/a when the oracle gains nothing."""
+    """Format (strategy - greedy) / (oracle - greedy) in %, or n/a below :data:`MIN_ORACLE_GAIN`."""
     greedy = table["greedy"][dataset][metric]
     oracle_gain = table[oracle_key][dataset][metric] - greedy
-    if oracle_gain <= 1e-9:
+    if oracle_gain < MIN_ORACLE_GAIN:
         return "n/a"
     return f"{100 * (table[strategy_key][dataset][metric] - greedy) / oracle_gain:.0f}%"
 
@@ -144,9 +147,9 @@ def markdown(table: dict, args, wall_s: float, cases: int) -> str:
 
     lines += ["## Share of the oracle's gain over greedy that each strategy recovers", "",
               "(strategy - greedy) / (oracle - greedy) for accuracy and Dice, n/a where the oracle gains "
-              "nothing. Each sampling strategy is compared with the oracle over the same m x n candidates, "
-              "region-perturbation with the oracle over the same greedy answer's 4 region prompts "
-              "(oracle-greedy/m1-n4), and prompt-ensemble with the oracle over the same 3 greedy answers "
+              "less than 0.5 points. Each sampling strategy is compared with the oracle over the same m x n candidates, "
+              "region-perturbation (where the method has a region prompt) with the oracle over the same "
+              "greedy answer's 4 region prompts (oracle-greedy/m1-n4), and prompt-ensemble with the oracle over the same 3 greedy answers "
               "(oracle-greedy/q3). The gain column is that of the oracle over m sampled paths with n = 1.", ""]
     header = "| dataset | metric | oracle gain (points) | " + " | ".join(_recovery_columns(args)) + " |"
     lines += [header, "|" + "---|" * (3 + len(_recovery_columns(args)))]
