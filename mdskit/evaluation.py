@@ -137,6 +137,8 @@ def sample_candidates(model: MdsModel, sample: MdsSample, plan: SamplingPlan,
 
     # Paths with the same text under the same question have the same
     # states and masks, so each distinct answer is decoded once.
+    # NOTE: mask decoding still grows linearly with the distinct answers and
+    # dominates the cost of many paths on a CPU (see benchmarks/README.md).
     answers = list(dict.fromkeys(zip(row_questions, texts)))
     position = {answer: index for index, answer in enumerate(answers)}
     repeated = encoded.select([0] * len(answers))
