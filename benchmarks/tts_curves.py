@@ -147,9 +147,10 @@ def markdown(table: dict, args, wall_s: float, cases: int) -> str:
 
     lines += ["## Share of the oracle's gain over greedy that each strategy recovers", "",
               "(strategy - greedy) / (oracle - greedy) for accuracy and Dice, n/a where the oracle gains "
-              "less than 0.5 points. Each sampling strategy is compared with the oracle over the same m x n candidates, "
-              "region-perturbation (where the method has a region prompt) with the oracle over the same "
-              "greedy answer's 4 region prompts (oracle-greedy/m1-n4), and prompt-ensemble with the oracle over the same 3 greedy answers "
+              "less than 0.5 points. Each sampling strategy is compared with the oracle over the same "
+              "m x n candidates, region-perturbation (where the method has a region prompt) with the oracle "
+              "over the same greedy answer's 4 region prompts (oracle-greedy/m1-n4), and prompt-ensemble "
+              "with the oracle over the same 3 greedy answers "
               "(oracle-greedy/q3). The gain column is that of the oracle over m sampled paths with n = 1.", ""]
     header = "| dataset | metric | oracle gain (points) | " + " | ".join(_recovery_columns(args)) + " |"
     lines += [header, "|" + "---|" * (3 + len(_recovery_columns(args)))]

@@ -269,7 +269,9 @@ def prediction_record(prediction: Prediction, result: SampleResult) -> dict:
 
 
 def _candidate_record(candidate: Candidate, agreement: float, score: float | None, chosen: bool) -> dict:
-    mask = candidate.mask_logits > 0 if candidate.seg_found else torch.zeros_like(candidate.mask_logits, dtype=torch.bool)
+    mask = candidate.mask_logits > 0
+    if not candidate.seg_found:
+        mask = torch.zeros_like(mask)
     return {
         "path": candidate.path_index, "text": candidate.text, "diagnosis": candidate.diagnosis,
         "seg_found": candidate.seg_found, "mean_logprob": round(candidate.mean_logprob, 4),

@@ -262,5 +262,6 @@ class LlavaBackbone(VisionLanguageBackbone):
 def _sample_rows(scaled_log_probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Draw one token per row from softmax(row), row i with ``generators[i]``."""
     probabilities = torch.softmax(scaled_log_probs, dim=-1)
-    drawn = [torch.multinomial(row, 1, generator=generator) for row, generator in zip(probabilities, generators, strict=True)]
+    drawn = [torch.multinomial(row, 1, generator=generator)
+             for row, generator in zip(probabilities, generators, strict=True)]
     return torch.cat(drawn)
