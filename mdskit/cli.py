@@ -98,22 +98,36 @@ def _data_options(function):
 
 @main.command()
 @click.argument("method")
-@click.option("--ttss", default="none", show_default=True, help="Test-time scaling strategy.")
+@click.option("--ttss", default="none", show_default=True,
+              help="Test-time scaling strategy: none (greedy), self-consistency (vote over m sampled paths), "
+                   "best-of-n (highest --score), region-perturbation (n region prompts per path), "
+                   "prompt-ensemble (vote over phrasings of the question), or oracle (selects with the "
+                   "ground truth: an upper bound for evaluation only). `mdskit list` shows every registered strategy.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="Trained checkpoint folder; without it the method is trained first.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Output folder (default: runs/METHOD-TTSS); rerunning resumes it.")
-@click.option("--paths", "num_paths", type=int, help="Sampled paths per request (m) for the strategy.")
-@click.option("--temperature", type=float, help="Sampling temperature for the strategy.")
+@click.option("--paths", "num_paths", type=int,
+              help="Sampled paths per request (m), 1 to 64; above 1 needs a temperature above 0.")
+@click.option("--temperature", type=float, help="Sampling temperature of the paths, a finite number above 0.")
+@click.option("--perturbations", "num_perturbations", type=int,
+              help="Region prompts per path (n), 1 to 16: the RVLS2M prompt and n - 1 perturbed versions.")
+@click.option("--questions", "num_questions", type=int,
+              help="Phrasings of the clinical question per request, 1 to 8.")
+@click.option("--score", type=str,
+              help="Ground-truth-free score of best-of-n: predicted-iou, logprob or agreement.")
 @_data_options
 @click.pass_context
-def run(context, method, ttss, checkpoint, out, num_paths, temperature, data, train_steps, seed, max_samples):
+def run(context, method, ttss, checkpoint, out, num_paths, temperature, num_perturbations, num_questions, score,
+        data, train_steps, seed, max_samples):
     """Train METHOD (or load --checkpoint) and evaluate it on the test splits."""
     from .runs import RunSettings, parse_data_option, run_method
 
     out = out or Path("runs") / f"{method}-{ttss}"
     with _user_errors(out):
         workspace = _workspace(context)
+        _override_tts(workspace, ttss, num_perturbations=num_perturbations, num_questions=num_questions,
+                      score=score)
         settings = RunSettings(method=method, data=parse_data_option(data, workspace.components), out=out,
                                ttss=ttss, checkpoint=checkpoint, train_steps=train_steps, seed=seed,
                                num_paths=num_paths, temperature=temperature, max_samples=max_samples)
@@ -123,6 +137,14 @@ def run(context, method, ttss, checkpoint, out, num_paths, temperature, data, tr
         _print_metrics(result.metrics)
         output.print(f"Outputs: {out / 'metrics.json'}, {out / 'predictions.jsonl'}, {out / 'masks'}, "
                      f"{out / 'overlays'}")
+
+
+def _override_tts(workspace, ttss: str, **overrides) -> None:
+    """Put the strategy options given on the command line over its registry.yaml defaults."""
+    options = {key: value for key, value in overrides.items() if value is not None}
+    if options:
+        defaults = workspace.registry.tts_defaults
+        defaults[ttss] = {**defaults.get(ttss, {}), **options}
 
 
 @main.command()
@@ -411,8 +433,10 @@ def _progress():
 
 
 def _print_metrics(metrics: dict) -> None:
-    table = Table(title=f"{metrics['method']} with test-time scaling '{metrics['ttss']}' (test split)",
-                  title_justify="left")
+    title = f"{metrics['method']} with test-time scaling '{metrics['ttss']}' (test split)"
+    if metrics.get("upper_bound"):
+        title += " - UPPER BOUND: selected with the ground truth"
+    table = Table(title=title, title_justify="left")
     for column in ("dataset", "n", "gIoU", "cIoU", "Dice", "accuracy", "macro-F1"):
         table.add_column(column, justify="right" if column != "dataset" else "left")
     rows = [key for key, value in metrics.items() if isinstance(value, dict) and "n" in value]

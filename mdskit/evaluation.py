@@ -1,24 +1,29 @@
 """Prediction with test-time scaling, and scoring against the ground truth.
 
 One request is encoded once; the strategy's m paths are generated in one
-batched call, passed once more through the backbone (teacher-forced, as in
-training) to read the ``[SEG]`` and image-token states, and decoded into
-masks in one decoder call. The strategy then picks or fuses the answer.
+batch that shares the prompt's key-value cache, passed once more through the
+backbone (teacher-forced, as in training) to read the ``[SEG]`` and
+image-token states, and decoded into masks, n region prompts per path, in
+one decoder call. The strategy then picks or fuses the answer.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .backbone import GeneratedAnswers
 from .cot import parse_diagnosis
 from .metrics import SampleResult
 from .model import MdsModel, as_numpy_mask
+from .questions import format_choices, question_templates
 from .sample import MdsSample
-from .tts import Candidate, Selection, TestTimeScaling
+from .tts import Candidate, GroundTruth, Selection, TestTimeScaling, candidate_masks, mean_agreement
 
 logger = logging.getLogger(__name__)
 
@@ -30,19 +35,38 @@ class Prediction:
     Attributes:
         sample: The input sample.
         selection: The strategy's answer.
-        candidates: Every sampled path.
+        candidates: Every candidate: sampled path, phrasing and region prompt.
         similarity: The prompt module's image-frame similarity map of the
             first path, H x W, or None without a prompt module.
+        strategy: Name of the strategy that selected the answer.
+        upper_bound: Whether the strategy selected with the ground truth, so
+            the answer is an upper bound and not a usable prediction.
     """
 
     sample: MdsSample
     selection: Selection
     candidates: list[Candidate]
     similarity: torch.Tensor | None
+    strategy: str = ""
+    upper_bound: bool = False
 
     @property
     def mask(self) -> np.ndarray:
         return self.selection.mask.detach().cpu().numpy().astype(bool)
+
+    @property
+    def agreement(self) -> torch.Tensor:
+        """Return the H x W per-pixel agreement map in [0, 1] saved beside the mask.
+
+        It is the strategy's own map (for example the share of the fused
+        masks), or else the share of all candidates whose mask marks the
+        pixel, a candidate without ``[SEG]`` counting as an empty mask.
+        """
+        if self.selection.agreement is not None:
+            return self.selection.agreement
+        if not self.candidates:
+            return torch.zeros(self.selection.mask.shape)
+        return candidate_masks(self.candidates).to(torch.float32).mean(dim=0)
 
     def score(self) -> SampleResult:
         """Score the prediction; a missing mask or diagnosis counts as a failure."""
@@ -51,34 +75,153 @@ class Prediction:
                                        self.selection.diagnosis, self.mask, sample.mask)
 
 
-@torch.no_grad()
-def predict(model: MdsModel, sample: MdsSample, strategy: TestTimeScaling, seed: int = 0) -> Prediction:
-    """Answer one request with the strategy's number of sampled paths.
+@dataclass
+class SamplingPlan:
+    """How the candidates of one request are produced.
 
-    The sampling seed is derived from ``seed`` and the sample's id, so a
-    sample's candidates do not depend on which samples ran before it.
+    Attributes:
+        num_paths: Answers per phrasing (m).
+        temperature: Sampling temperature, used when ``do_sample`` is set.
+        do_sample: Sample (True) or decode greedily (False).
+        num_perturbations: Region prompts per answer (n).
+        num_questions: Phrasings of the clinical question.
+    """
+
+    num_paths: int = 1
+    temperature: float = 1.0
+    do_sample: bool = False
+    num_perturbations: int = 1
+    num_questions: int = 1
+
+    @classmethod
+    def of(cls, strategy: TestTimeScaling) -> SamplingPlan:
+        """Return the plan that a strategy asks for."""
+        return cls(strategy.num_paths, strategy.temperature, strategy.do_sample,
+                   getattr(strategy, "num_perturbations", 1), getattr(strategy, "num_questions", 1))
+
+
+@torch.no_grad()
+def sample_candidates(model: MdsModel, sample: MdsSample, plan: SamplingPlan,
+                      seed: int = 0) -> tuple[list[Candidate], torch.Tensor | None]:
+    """Produce the candidates of one request and the first path's similarity map.
+
+    The image is encoded once. Per phrasing, the paths are decoded in one
+    batch that shares the prompt's key-value cache, path i sampling with
+    the seed :func:`path_seed` gives it. Every distinct answer of every
+    phrasing is then passed once more through the backbone (teacher-forced,
+    as in training) in one batch, and all (answer, region prompt) pairs are
+    decoded into masks in one decoder call. Perturbations are seeded by
+    :func:`answer_seed`.
+
+    The seeds depend on ``seed``, the sample's id, the phrasing, the path
+    and the answer only, so the first k paths of a request and their masks
+    are the same whatever the number of paths (up to floating-point
+    differences between batch sizes), and do not depend on which samples
+    ran before.
     """
     model.eval()
-    torch.manual_seed(_sample_seed(seed, sample.uid))
+    base_seed = _sample_seed(seed, sample.uid)
+    torch.manual_seed(base_seed)
     encoded = model.encode([sample])
-    paths = strategy.num_paths
-    generated = model.backbone.generate(encoded.image_features, [sample.question], num_paths=paths,
-                                        temperature=strategy.temperature, do_sample=strategy.do_sample)
-    texts = generated.texts[0]
+    questions = ensemble_questions(sample, plan.num_questions)
 
-    repeated = encoded.select([0] * paths)
-    output = model.backbone(repeated.image_features, [sample.question] * paths, texts)
-    masks = model.masks_from_text(repeated, output)
-    candidates = [
-        Candidate(path_index=index, text=text, diagnosis=parse_diagnosis(text, sample.label_set),
-                  mask_logits=masks.mask_logits[index], seg_found=masks.seg_found[index],
-                  mean_logprob=generated.mean_logprobs[0][index], iou_score=masks.iou_scores[index])
-        for index, text in enumerate(texts)
-    ]
+    texts: list[str] = []
+    logprobs: list[float] = []
+    row_questions: list[str] = []
+    for question_index, question in enumerate(questions):
+        seeds = [path_seed(base_seed, question_index, path) for path in range(plan.num_paths)]
+        generated = _generate(model, encoded.image_features, question, plan, seeds)
+        texts.extend(generated.texts[0])
+        logprobs.extend(generated.mean_logprobs[0])
+        row_questions.extend([question] * plan.num_paths)
+
+    # Paths with the same text under the same question have the same
+    # states and masks, so each distinct answer is decoded once.
+    # NOTE: mask decoding still grows linearly with the distinct answers and
+    # dominates the cost of many paths on a CPU (see benchmarks/README.md).
+    answers = list(dict.fromkeys(zip(row_questions, texts)))
+    position = {answer: index for index, answer in enumerate(answers)}
+    repeated = encoded.select([0] * len(answers))
+    output = model.backbone(repeated.image_features, [question for question, _ in answers],
+                            [text for _, text in answers])
+    count = plan.num_perturbations
+    seeds = [answer_seed(base_seed, question, text) for question, text in answers]
+    masks = model.masks_from_text(repeated, output, num_perturbations=count, perturbation_seeds=seeds)
+
+    candidates = []
+    for row, text in enumerate(texts):
+        diagnosis = parse_diagnosis(text, sample.label_set)
+        answer = position[(row_questions[row], text)]
+        for perturbation in range(count):
+            index = answer * count + perturbation
+            candidates.append(Candidate(
+                path_index=row * count + perturbation, text=text, diagnosis=diagnosis,
+                mask_logits=masks.mask_logits[index], seg_found=masks.seg_found[index], mean_logprob=logprobs[row],
+                iou_score=masks.iou_scores[index], sampled_path=row % plan.num_paths, perturbation=perturbation,
+                question_index=row // plan.num_paths))
     similarity = None
     if masks.prompts is not None and masks.prompts.similarity:
         similarity = masks.prompts.similarity[0]
-    return Prediction(sample, strategy.select(candidates), candidates, similarity)
+    return candidates, similarity
+
+
+@torch.no_grad()
+def predict(model: MdsModel, sample: MdsSample, strategy: TestTimeScaling, seed: int = 0) -> Prediction:
+    """Answer one request with the candidates the strategy asks for (see :func:`sample_candidates`).
+
+    Raises:
+        GroundTruthMissingError (an ``MdskitError``): the strategy selects
+            with the ground truth (the oracle) and the sample has none.
+    """
+    candidates, similarity = sample_candidates(model, sample, SamplingPlan.of(strategy), seed)
+    selection = select(strategy, candidates, sample)
+    return Prediction(sample, selection, candidates, similarity, strategy=getattr(strategy, "name", ""),
+                      upper_bound=strategy.uses_ground_truth)
+
+
+def select(strategy: TestTimeScaling, candidates: list[Candidate], sample: MdsSample) -> Selection:
+    """Run the strategy's selection, giving the ground truth only to strategies that use it."""
+    if not strategy.uses_ground_truth:
+        return strategy.select(candidates)
+    ground_truth = None
+    if sample.mask is not None and sample.label:
+        ground_truth = GroundTruth(torch.from_numpy(np.asarray(sample.mask, dtype=bool)), sample.label)
+    return strategy.select(candidates, ground_truth=ground_truth)
+
+
+def ensemble_questions(sample: MdsSample, count: int) -> list[str]:
+    """Return up to ``count`` phrasings: the sample's question, then the modality's others in listed order."""
+    questions = [sample.question]
+    choices = format_choices(tuple(sample.label_set))
+    for template in question_templates(sample.modality):
+        if len(questions) >= count:
+            break
+        phrasing = template.format(choices=choices, modality=sample.modality)
+        if phrasing not in questions:
+            questions.append(phrasing)
+    return questions[:count]
+
+
+def path_seed(base_seed: int, question_index: int, path: int) -> int:
+    """Seed of one sampled path, from the request's seed, the phrasing and the path index."""
+    digest = hashlib.sha256(f"{base_seed}:{question_index}:{path}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def answer_seed(base_seed: int, question: str, text: str) -> int:
+    """Seed of an answer's region-prompt perturbations, from the request's seed, the question and the text."""
+    digest = hashlib.sha256(f"{base_seed}:{question}:{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _generate(model: MdsModel, image_features: torch.Tensor, question: str, plan: SamplingPlan,
+              seeds: list[int]) -> GeneratedAnswers:
+    """Generate one phrasing's paths, with per-path seeds when the backbone takes them."""
+    backbone = model.backbone
+    options = dict(num_paths=plan.num_paths, temperature=plan.temperature, do_sample=plan.do_sample)
+    if "path_seeds" in inspect.signature(backbone.generate).parameters:
+        options["path_seeds"] = seeds
+    return backbone.generate(image_features, [question], **options)
 
 
 def _sample_seed(seed: int, uid: str) -> int:
@@ -86,8 +229,19 @@ def _sample_seed(seed: int, uid: str) -> int:
 
 
 def prediction_record(prediction: Prediction, result: SampleResult) -> dict:
-    """Build the ``predictions.jsonl`` record of one sample."""
+    """Build the ``predictions.jsonl`` record of one sample.
+
+    Each candidate record contains its text and diagnosis, whether it was
+    chosen, and a summary of its mask (area, bounding box). Its scores are
+    the decoder's predicted IoU, the mean token log-probability, the mean
+    IoU with the other candidates' masks, and the strategy's own score
+    when the strategy ranks candidates.
+    """
     sample, selection = prediction.sample, prediction.selection
+    ordered = sorted(prediction.candidates, key=lambda candidate: candidate.path_index)
+    agreement = mean_agreement(candidate_masks(ordered)) if ordered else []
+    strategy_scores = selection.scores or {}
+    chosen = set(selection.chosen)
     return {
         "id": sample.uid,
         "dataset": sample.dataset,
@@ -104,13 +258,37 @@ def prediction_record(prediction: Prediction, result: SampleResult) -> dict:
         "true_area": result.true_area,
         "failure": selection.failure,
         "chosen": selection.chosen,
+        "strategy": prediction.strategy,
+        "upper_bound": prediction.upper_bound,
         "candidates": [
-            {"path": candidate.path_index, "text": candidate.text, "diagnosis": candidate.diagnosis,
-             "seg_found": candidate.seg_found, "mean_logprob": round(candidate.mean_logprob, 4),
-             "iou_score": round(candidate.iou_score, 4), "mask_area": int((candidate.mask_logits > 0).sum())}
-            for candidate in prediction.candidates
+            _candidate_record(candidate, agreement[position], strategy_scores.get(candidate.path_index),
+                              candidate.path_index in chosen)
+            for position, candidate in enumerate(ordered)
         ],
     }
+
+
+def _candidate_record(candidate: Candidate, agreement: float, score: float | None, chosen: bool) -> dict:
+    mask = candidate.mask_logits > 0
+    if not candidate.seg_found:
+        mask = torch.zeros_like(mask)
+    return {
+        "path": candidate.path_index, "text": candidate.text, "diagnosis": candidate.diagnosis,
+        "seg_found": candidate.seg_found, "mean_logprob": round(candidate.mean_logprob, 4),
+        "iou_score": round(candidate.iou_score, 4), "mask_area": int((candidate.mask_logits > 0).sum()),
+        "sampled_path": candidate.sampled_path, "perturbation": candidate.perturbation,
+        "question_index": candidate.question_index, "agreement": round(agreement, 4),
+        "score": None if score is None else round(score, 4), "chosen": chosen, "bbox": mask_bbox(mask),
+    }
+
+
+def mask_bbox(mask: torch.Tensor) -> list[int] | None:
+    """Return the [x0, y0, x1, y1] pixel box of an H x W bool mask, inclusive, or None when it is empty."""
+    rows = torch.nonzero(mask.any(dim=1)).flatten()
+    cols = torch.nonzero(mask.any(dim=0)).flatten()
+    if rows.numel() == 0:
+        return None
+    return [int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])]
 
 
 def result_from_record(record: dict, sample: MdsSample) -> SampleResult:
@@ -119,4 +297,5 @@ def result_from_record(record: dict, sample: MdsSample) -> SampleResult:
                         record["intersection"], record["union"], record["predicted_area"], record["true_area"])
 
 
-__all__ = ["Prediction", "predict", "prediction_record", "result_from_record", "as_numpy_mask"]
+__all__ = ["Prediction", "SamplingPlan", "predict", "prediction_record", "result_from_record", "sample_candidates",
+           "select", "as_numpy_mask"]

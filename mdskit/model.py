@@ -18,6 +18,7 @@ from torch import nn
 
 from .backbone import BackboneOutput, VisionLanguageBackbone
 from .decoder import MaskDecoder
+from .errors import ConfigError
 from .geometry import Frame
 from .prompt import DecoderPrompts, PromptModule
 from .sample import MdsSample
@@ -109,30 +110,77 @@ class MdsModel(nn.Module):
         features = self.backbone.image_features(images, embeddings)
         return EncodedImages(embeddings, features, decoder_frames, token_frames)
 
-    def masks_from_text(self, encoded: EncodedImages, output: BackboneOutput) -> TextMasks:
+    def masks_from_text(self, encoded: EncodedImages, output: BackboneOutput, num_perturbations: int = 1,
+                        perturbation_seeds: Sequence[int] | None = None) -> TextMasks:
         """Decode one mask per ``[SEG]`` token of each row and fuse them per row.
 
         Args:
             encoded: The encoded image of each row of ``output``.
             output: A teacher-forced backbone pass over question and answer.
+            num_perturbations: Region prompts per row (n). Beyond the
+                prompt module's own prompt, n - 1 perturbed ones come from
+                its ``perturbed_prompts`` method; each gives a mask.
+            perturbation_seeds: Per row, the seed of its perturbations'
+                random choices, so a row's prompts do not depend on the
+                other rows (0 for every row when None).
+
+        Returns:
+            Masks for B x n (row, prompt) pairs, entry ``row * n + k`` for
+            prompt k, where prompt 0 is the unperturbed one.
+
+        Raises:
+            ConfigError: ``num_perturbations`` is above 1 but the method has
+                no prompt module that can perturb its prompts.
         """
+        self._check_perturbable(num_perturbations)
         rows, positions = torch.nonzero(output.seg_token_mask, as_tuple=True)
         batch = output.hidden_states.shape[0]
-        image_sizes = [frame.image_size for frame in encoded.decoder_frames]
+        expanded = encoded.select([row for row in range(batch) for _ in range(num_perturbations)])
         if rows.numel() == 0:
-            empty = [torch.full(size, EMPTY_LOGIT, device=self.device) for size in image_sizes]
-            return TextMasks(empty, [False] * batch, [0.0] * batch, None)
+            empty = [torch.full(frame.image_size, EMPTY_LOGIT, device=self.device)
+                     for frame in expanded.decoder_frames]
+            return TextMasks(empty, [False] * len(empty), [0.0] * len(empty), None)
 
         # Project the [SEG] states and each row's image-token states.
         seg_embeddings = self.seg_projection(output.hidden_states[rows, positions])
         tokens = output.hidden_states[output.image_token_mask].view(batch, -1, output.hidden_states.shape[-1])
         token_embeddings = self.seg_projection(tokens)[rows]
 
-        # One decoder call for all [SEG] tokens of the batch.
         row_list = rows.tolist()
         prompts = self._prompts(token_embeddings, seg_embeddings, encoded.select(row_list))
-        decoded = self.decoder(encoded.image_embeddings[rows], seg_embeddings.unsqueeze(1), prompts)
-        return self._fuse_rows(decoded.mask_logits, decoded.iou_scores, row_list, encoded, prompts)
+        image_embeddings = encoded.image_embeddings[rows]
+        decoder_prompts = prompts
+        if num_perturbations > 1:
+            seeds = [perturbation_seeds[row] if perturbation_seeds is not None else 0 for row in row_list]
+            decoder_prompts = self._with_perturbations(prompts, encoded.select(row_list), num_perturbations, seeds)
+            image_embeddings = image_embeddings.repeat_interleave(num_perturbations, dim=0)
+            seg_embeddings = seg_embeddings.repeat_interleave(num_perturbations, dim=0)
+            row_list = [row * num_perturbations + k for row in row_list for k in range(num_perturbations)]
+
+        # One decoder call for all [SEG] tokens and prompts of the batch.
+        decoded = self.decoder(image_embeddings, seg_embeddings.unsqueeze(1), decoder_prompts)
+        return self._fuse_rows(decoded.mask_logits, decoded.iou_scores, row_list, expanded, prompts)
+
+    def _check_perturbable(self, num_perturbations: int) -> None:
+        if num_perturbations > 1 and not hasattr(self.prompt_module, "perturbed_prompts"):
+            name = getattr(self.prompt_module, "name", None)
+            raise ConfigError(
+                f"{num_perturbations} region prompts per path were requested, but the method's prompt module "
+                f"({name or 'none'}) has no region prompt to perturb; set the number of perturbations to 1 "
+                "or use a method with the rvls2m prompt module.")
+
+    def _with_perturbations(self, prompts: DecoderPrompts, encoded: EncodedImages, count: int,
+                            seeds: Sequence[int]) -> DecoderPrompts:
+        """Interleave each [SEG] token's prompt with ``count - 1`` perturbed versions of it."""
+        dense = prompts.dense_masks
+        perturbed = torch.cat([
+            self.prompt_module.perturbed_prompts([similarity], [frame], count - 1,
+                                                 torch.Generator().manual_seed(seed), dtype=dense.dtype)
+            for similarity, frame, seed in zip(prompts.similarity, encoded.decoder_frames, seeds, strict=True)
+        ]).to(dense.device)
+        perturbed = perturbed.view(dense.shape[0], count - 1, *dense.shape[1:])
+        interleaved = torch.cat([dense.unsqueeze(1), perturbed], dim=1).flatten(0, 1)
+        return DecoderPrompts(dense_masks=interleaved, similarity=prompts.similarity)
 
     def _prompts(self, token_embeddings: torch.Tensor, seg_embeddings: torch.Tensor,
                  encoded: EncodedImages) -> DecoderPrompts:

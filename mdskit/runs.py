@@ -189,7 +189,7 @@ def run_method(settings: RunSettings, workspace: Workspace | None = None,
     spec = workspace.registry.method(settings.method)
     strategy = build_tts(settings.ttss, workspace.components, workspace.registry,
                          settings.num_paths, settings.temperature)
-    tts_params = {"num_paths": strategy.num_paths, "temperature": strategy.temperature}
+    tts_params = strategy.params()
     out = settings.out
     adapters = open_datasets(workspace.components, settings.data)
     _claim_folder(out, settings.fingerprint(spec, tts_params), settings)
@@ -202,6 +202,7 @@ def run_method(settings: RunSettings, workspace: Workspace | None = None,
         "method": spec.name,
         "ttss": settings.ttss,
         "tts_params": tts_params,
+        **_upper_bound_note(strategy),
         **summarize(results, [workspace.components.get("metric", name)() for name in METRIC_NAMES]),
         "conventions": CONVENTIONS,
         "data": {name: _describe(adapter) for name, adapter in adapters.items()},
@@ -210,6 +211,15 @@ def run_method(settings: RunSettings, workspace: Workspace | None = None,
     }
     write_json(out / "metrics.json", metrics)
     return RunResult(metrics, out, train_result)
+
+
+def _upper_bound_note(strategy) -> dict[str, Any]:
+    """Mark the metrics of a strategy that selects with the ground truth as an upper bound."""
+    if not strategy.uses_ground_truth:
+        return {}
+    return {"upper_bound": True,
+            "upper_bound_note": f"'{strategy.name}' selects each answer with the ground truth: these metrics are "
+                                "an upper bound on test-time scaling, not results a deployed model can reach."}
 
 
 def train_only(settings: RunSettings, workspace: Workspace | None = None,
@@ -289,6 +299,5 @@ def _save_images(out: Path, prediction) -> None:
     name = f"{sample.dataset}/{sample.case_id.replace('/', '_')}.png"
     save_png(out / "masks" / name, prediction.mask)
     save_png(out / "overlays" / name, overlay(sample.image, prediction.mask))
-    if prediction.selection.agreement is not None:
-        agreement = (prediction.selection.agreement.detach().cpu().float().numpy() * 255).round()
-        save_png(out / "agreement" / name, agreement.astype("uint8"))
+    agreement = (prediction.agreement.detach().cpu().float().numpy() * 255).round()
+    save_png(out / "agreement" / name, agreement.astype("uint8"))

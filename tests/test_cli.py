@@ -34,7 +34,8 @@ def test_unknown_method(tmp_path):
 
 def test_unknown_tts(tmp_path):
     result = invoke("run", "sim4seg", "--ttss", "vote", "--out", tmp_path / "out")
-    assert_user_error(result, "unknown test-time scaling strategy 'vote'", "none, self-consistency")
+    assert_user_error(result, "unknown test-time scaling strategy 'vote'",
+                      "best-of-n, none, oracle, prompt-ensemble, region-perturbation, self-consistency")
 
 
 def test_unknown_adapter(tmp_path):

@@ -107,7 +107,8 @@ def test_unknown_method_name(components):
 
 
 def test_unknown_tts_strategy(components):
-    with pytest.raises(ConfigError, match=r"unknown test-time scaling strategy 'majority'; choose one of: none, "
+    with pytest.raises(ConfigError, match=r"unknown test-time scaling strategy 'majority'; choose one of: "
+                                          r"best-of-n, none, oracle, prompt-ensemble, region-perturbation, "
                                           r"self-consistency"):
         components.get("tts", "majority")
 

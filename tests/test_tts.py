@@ -384,4 +384,5 @@ def test_plugin_registers_strategies():
         components.register("tts", strategy, "tts")
 
     assert components.failures == []
-    assert components.names("tts") == ["none", "self-consistency"]
+    assert components.names("tts") == ["best-of-n", "none", "oracle", "prompt-ensemble", "region-perturbation",
+                                       "self-consistency"]

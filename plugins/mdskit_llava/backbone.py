@@ -178,25 +178,78 @@ class LlavaBackbone(VisionLanguageBackbone):
 
     @torch.no_grad()
     def generate(self, image_features: torch.Tensor, questions: Sequence[str], num_paths: int = 1,
-                 temperature: float = 1.0, do_sample: bool = False) -> GeneratedAnswers:
-        """Generate ``num_paths`` answers per request; the paths of one request share one batch."""
-        model, tokenizer = self._require()
+                 temperature: float = 1.0, do_sample: bool = False,
+                 path_seeds: Sequence[int] | None = None) -> GeneratedAnswers:
+        """Generate ``num_paths`` answers per request, sharing the prompt's key-value cache.
+
+        The prompt (image tokens and question) is encoded once per request
+        at batch 1, and its key-value cache is then repeated for the
+        ``num_paths`` rows that decode together. Sampling draws from the
+        softmax of the logits divided by ``temperature`` (no top-k or top-p
+        filtering), and row i draws with its own generator seeded with
+        ``path_seeds[i]``, so a path's answer does not depend on the other
+        rows of the batch: decoding the paths one by one with the same seeds
+        gives the same answers, up to floating-point differences between
+        batch sizes. Without ``path_seeds`` the seeds are drawn from torch's
+        global generator. Greedy decoding takes the most likely token.
+
+        ``mean_logprobs`` are the mean log-probabilities of the generated
+        tokens under the model (temperature 1), the end-of-sequence token
+        included.
+        """
+        model, _ = self._require()
+        if do_sample and path_seeds is None:
+            path_seeds = torch.randint(2**62, (num_paths,)).tolist()
+        if path_seeds is not None and len(path_seeds) != num_paths:
+            raise ValueError(f"expected {num_paths} path seeds, got {len(path_seeds)}.")
         texts, logprobs = [], []
         for features, question in zip(image_features, questions, strict=True):
             prompt = torch.tensor([self._prompt_ids(question)], device=image_features.device)
             embeddings = model.embed(prompt, features.unsqueeze(0))
-            sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
-            output = model.language_model.generate(
-                inputs_embeds=embeddings, attention_mask=torch.ones_like(prompt),
-                max_new_tokens=self.max_new_tokens, num_return_sequences=num_paths,
-                output_scores=True, return_dict_in_generate=True,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling,
-            )
-            scores = model.language_model.compute_transition_scores(
-                output.sequences, output.scores, normalize_logits=True)
-            texts.append([self._decode(row) for row in output.sequences])
-            logprobs.append(self._mean_logprobs(output.sequences, scores))
+            generators = None
+            if do_sample:
+                generators = [torch.Generator(device=image_features.device).manual_seed(int(seed))
+                              for seed in path_seeds]
+            tokens, mean_logprobs = self._decode_paths(model, embeddings, num_paths, temperature, generators)
+            texts.append([self._decode(row) for row in tokens])
+            logprobs.append(mean_logprobs)
         return GeneratedAnswers(texts=texts, mean_logprobs=logprobs)
+
+    def _decode_paths(self, model: MdsLlavaForCausalLM, prompt_embeddings: torch.Tensor, num_paths: int,
+                      temperature: float, generators: list[torch.Generator] | None) -> tuple[torch.Tensor, list[float]]:
+        """Decode ``num_paths`` rows from one prompt; return their token ids and mean log-probabilities."""
+        _, tokenizer = self._require()
+        language_model = model.language_model
+        # logits_to_keep=1 computes the vocabulary logits of the last position only.
+        prefill = language_model(inputs_embeds=prompt_embeddings, use_cache=True, logits_to_keep=1)
+        cache = prefill.cache
+        cache.batch_repeat_interleave(num_paths)
+        logits = prefill.logits[:, -1].expand(num_paths, -1)
+
+        device = prompt_embeddings.device
+        finished = torch.zeros(num_paths, dtype=torch.bool, device=device)
+        totals = torch.zeros(num_paths, dtype=torch.float64, device=device)
+        counts = torch.zeros(num_paths, dtype=torch.long, device=device)
+        steps: list[torch.Tensor] = []
+        for _ in range(self.max_new_tokens):
+            log_probs = torch.log_softmax(logits.double(), dim=-1)
+            if generators is None:
+                next_tokens = log_probs.argmax(dim=-1)
+            else:
+                next_tokens = _sample_rows(log_probs / temperature, generators)
+            next_tokens = torch.where(finished, torch.full_like(next_tokens, tokenizer.pad_token_id), next_tokens)
+            chosen = log_probs.gather(1, next_tokens[:, None])[:, 0]
+            totals += torch.where(finished, torch.zeros_like(chosen), chosen)
+            counts += (~finished).long()
+            steps.append(next_tokens)
+            finished |= next_tokens == tokenizer.eos_token_id
+            if bool(finished.all()):
+                break
+            output = language_model(input_ids=next_tokens[:, None], cache=cache, use_cache=True)
+            cache = output.cache
+            logits = output.logits[:, -1]
+        tokens = torch.stack(steps, dim=1)
+        return tokens, (totals / counts.clamp(min=1)).tolist()
 
     def _decode(self, token_ids: torch.Tensor) -> str:
         _, tokenizer = self._require()
@@ -205,10 +258,10 @@ class LlavaBackbone(VisionLanguageBackbone):
             text = text.replace(token, "")
         return text.strip()
 
-    def _mean_logprobs(self, sequences: torch.Tensor, scores: torch.Tensor) -> list[float]:
-        _, tokenizer = self._require()
-        generated = sequences[:, -scores.shape[1]:]
-        # Tokens after the end of an answer are padding and carry no probability.
-        valid = (generated != tokenizer.pad_token_id) & torch.isfinite(scores)
-        totals = torch.where(valid, scores, torch.zeros_like(scores)).sum(dim=1)
-        return (totals / valid.sum(dim=1).clamp(min=1)).tolist()
+
+def _sample_rows(scaled_log_probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Draw one token per row from softmax(row), row i with ``generators[i]``."""
+    probabilities = torch.softmax(scaled_log_probs, dim=-1)
+    drawn = [torch.multinomial(row, 1, generator=generator)
+             for row, generator in zip(probabilities, generators, strict=True)]
+    return torch.cat(drawn)

@@ -12,12 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from mdskit.errors import ConfigError
 from mdskit.geometry import Frame
 from mdskit.prompt import DecoderPrompts, PromptModule, token_similarity
 
 NORMALIZATIONS = ("minmax", "softmax", "none")
+PERTURBATIONS = ("shift", "dilate", "erode", "top-n")
+"""Kinds of region-prompt perturbation, applied in this order and then again:
+the selected cells moved by one cell in a random direction, grown or shrunk
+by one cell (8-neighbourhood), or the top N' cells for a random N' from
+N / 2 to 3 N / 2."""
 
 
 class RVLS2M(PromptModule):
@@ -94,6 +100,38 @@ class RVLS2M(PromptModule):
             masks.append(placed[0])
         return DecoderPrompts(dense_masks=torch.stack(masks), similarity=similarity)
 
+    def perturbed_prompts(self, similarity: Sequence[torch.Tensor], prompt_frames: Sequence[Frame], count: int,
+                          generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Build ``count`` perturbed dense mask prompts per sample, for test-time scaling.
+
+        Perturbation k (from 1) is of kind ``PERTURBATIONS[(k - 1) % 4]``
+        applied to the top-N cells of the sample's similarity map. Random
+        choices (the shift's direction, N') come from ``generator``.
+
+        Args:
+            similarity: Per sample, the H x W similarity map that
+                :meth:`forward` returned.
+            prompt_frames: Per sample, the decoder's prompt frame.
+            count: Perturbed prompts per sample.
+            generator: CPU generator of the random choices.
+            dtype: dtype of the returned prompts.
+
+        Returns:
+            (B * count) x 1 x Hp x Wp binary prompts, the ``count`` prompts of
+            sample 0 first.
+        """
+        masks: list[torch.Tensor] = []
+        for image_map, frame in zip(similarity, prompt_frames, strict=True):
+            means, occupied = cell_means(image_map.detach(), self.grid)
+            selected = top_cells(means, occupied, self.top_n)
+            height, width = image_map.shape
+            for index in range(count):
+                kind = PERTURBATIONS[index % len(PERTURBATIONS)]
+                cells = perturb_cells(selected, means, occupied, self.top_n, kind, generator)
+                pixels = cells_to_pixels(cells, height, width)
+                masks.append(frame.image_to_frame(pixels[None, None].to(dtype))[0])
+        return torch.stack(masks)
+
 
 def normalize_scores(scores: torch.Tensor, normalization: str) -> torch.Tensor:
     """Scale B x T token scores over the tokens of each sample.
@@ -147,15 +185,67 @@ def top_cell_mask(image_map: torch.Tensor, grid: int, top_n: int) -> torch.Tenso
     """
     height, width = image_map.shape
     means, occupied = cell_means(image_map, grid)
+    return cells_to_pixels(top_cells(means, occupied, top_n), height, width)
+
+
+def top_cells(means: torch.Tensor, occupied: torch.Tensor, top_n: int) -> torch.Tensor:
+    """Return a g x g bool mask of the ``top_n`` occupied cells with the highest mean, ties to the lower index."""
+    grid = means.shape[0]
     ranked = torch.where(occupied, means, torch.full_like(means, float("-inf"))).flatten()
     # A stable descending sort keeps equal means in index order.
     order = torch.sort(ranked, descending=True, stable=True).indices[:top_n]
-    selected = torch.zeros(grid * grid, dtype=torch.bool, device=image_map.device)
+    selected = torch.zeros(grid * grid, dtype=torch.bool, device=means.device)
     selected[order] = True
-    selected = (selected & occupied.flatten()).view(grid, grid)
-    rows = cell_index(height, grid, image_map.device)
-    cols = cell_index(width, grid, image_map.device)
-    return selected[rows][:, cols]
+    return (selected & occupied.flatten()).view(grid, grid)
+
+
+def cells_to_pixels(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Spread a g x g bool cell mask over an H x W image (pixel r is in cell floor(r * g / H))."""
+    grid = cells.shape[0]
+    rows = cell_index(height, grid, cells.device)
+    cols = cell_index(width, grid, cells.device)
+    return cells[rows][:, cols]
+
+
+def perturb_cells(selected: torch.Tensor, means: torch.Tensor, occupied: torch.Tensor, top_n: int, kind: str,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Perturb a g x g bool cell selection by one of :data:`PERTURBATIONS`.
+
+    Only occupied cells are ever selected. An erosion that would remove
+    every cell keeps the selection's highest-mean cell instead.
+    """
+    if kind == "shift":
+        offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+        dy, dx = offsets[int(torch.randint(len(offsets), (1,), generator=generator))]
+        return _shift(selected, dy, dx) & occupied
+    if kind == "dilate":
+        return _dilate(selected) & occupied
+    if kind == "erode":
+        eroded = ~_dilate(~selected)
+        if eroded.any():
+            return eroded
+        best = torch.where(selected, means, torch.full_like(means, float("-inf"))).flatten().argmax()
+        kept = torch.zeros_like(selected).flatten()
+        kept[best] = True
+        return kept.view_as(selected)
+    if kind == "top-n":
+        grid = means.shape[0]
+        factor = 0.5 + float(torch.rand((1,), generator=generator))
+        varied = min(max(round(top_n * factor), 1), grid * grid)
+        return top_cells(means, occupied, varied)
+    raise ValueError(f"unknown perturbation {kind!r}; choose one of: {', '.join(PERTURBATIONS)}.")
+
+
+def _shift(cells: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Move a g x g bool mask by (dy, dx) cells; cells moved past the border are dropped."""
+    grid = cells.shape[0]
+    padded = F.pad(cells[None, None].float(), (1, 1, 1, 1))[0, 0]
+    return padded[1 - dy:1 - dy + grid, 1 - dx:1 - dx + grid] > 0
+
+
+def _dilate(cells: torch.Tensor) -> torch.Tensor:
+    """Grow a g x g bool mask by one cell in the 8-neighbourhood."""
+    return F.max_pool2d(cells[None, None].float(), kernel_size=3, stride=1, padding=1)[0, 0] > 0
 
 
 def _check_inputs(

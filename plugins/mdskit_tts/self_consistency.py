@@ -34,15 +34,23 @@ class SelfConsistency(TestTimeScaling):
     mask fuses every candidate with ``[SEG]`` by the same rule, and the text
     is that of the candidate with the highest ``mean_logprob``.
 
+    Each candidate votes, so with n region prompts per path every path
+    casts n equal votes and the vote's outcome is that of the paths, while
+    the mask fuses the perturbed masks too.
+
     Args:
         num_paths: Paths sampled per request, from 1 to ``MAX_NUM_PATHS``.
         temperature: Sampling temperature, above 0 when ``num_paths`` > 1.
+        num_perturbations: Region prompts per path (n), the first unperturbed.
+        num_questions: Phrasings of the clinical question.
     """
 
     name = "self-consistency"
 
-    def __init__(self, num_paths: int = DEFAULT_NUM_PATHS, temperature: float = DEFAULT_TEMPERATURE) -> None:
-        super().__init__(num_paths=num_paths, temperature=temperature)
+    def __init__(self, num_paths: int = DEFAULT_NUM_PATHS, temperature: float = DEFAULT_TEMPERATURE,
+                 num_perturbations: int = 1, num_questions: int = 1) -> None:
+        super().__init__(num_paths=num_paths, temperature=temperature, num_perturbations=num_perturbations,
+                         num_questions=num_questions)
 
     def select(self, candidates: Sequence[Candidate]) -> Selection:
         """Vote on the diagnosis and fuse the masks of the paths that agree.
@@ -80,6 +88,41 @@ class SelfConsistency(TestTimeScaling):
             agreement=agreement,
             failure=failure,
         )
+
+
+class RegionPerturbation(SelfConsistency):
+    """Fuse the masks of n perturbed region prompts per path, and vote over the paths.
+
+    The same rules as self-consistency. The defaults decode one path
+    greedily and prompt the mask decoder with the prompt module's region
+    prompt and three perturbed versions of it (n = 4). With ``num_paths``
+    above 1 the m x n candidates are used together.
+    """
+
+    name = "region-perturbation"
+
+    def __init__(self, num_paths: int = 1, temperature: float = DEFAULT_TEMPERATURE, num_perturbations: int = 4,
+                 num_questions: int = 1) -> None:
+        super().__init__(num_paths=num_paths, temperature=temperature, num_perturbations=num_perturbations,
+                         num_questions=num_questions)
+
+
+class PromptEnsemble(SelfConsistency):
+    """Ask several phrasings of the clinical question and vote over their answers.
+
+    The same rules as self-consistency. The first phrasing is the sample's
+    own question, the others are the modality's other phrasings in their
+    listed order (fewer when the modality has fewer). With the defaults
+    each phrasing is decoded greedily (m = 1), so the answers differ only
+    through the question.
+    """
+
+    name = "prompt-ensemble"
+
+    def __init__(self, num_paths: int = 1, temperature: float = DEFAULT_TEMPERATURE, num_perturbations: int = 1,
+                 num_questions: int = 3) -> None:
+        super().__init__(num_paths=num_paths, temperature=temperature, num_perturbations=num_perturbations,
+                         num_questions=num_questions)
 
 
 def _count_votes(ordered: Sequence[Candidate]) -> dict[str, list[int]]:
