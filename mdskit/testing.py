@@ -41,11 +41,12 @@ from .backbone import BackboneOutput, GeneratedAnswers, VisionLanguageBackbone
 from .cot import CotGenerator, attach_text, parse_diagnosis
 from .datasets import SPLITS, DatasetAdapter
 from .decoder import DecoderOutput, MaskDecoder
+from .errors import MdskitError
 from .geometry import Frame
 from .metrics import Metric, SampleResult
 from .prompt import DecoderPrompts, PromptModule
 from .sample import MdsSample
-from .tts import Candidate, Selection, TestTimeScaling
+from .tts import Candidate, GroundTruth, Selection, TestTimeScaling
 
 __all__ = [
     "BackboneContract", "ContractViolation", "CotGeneratorContract", "DatasetAdapterContract",
@@ -622,8 +623,18 @@ class TtsStrategyContract(Contract):
                                     seg_found=valid, mean_logprob=-0.1 * (index + 1), iou_score=0.5))
         return result
 
+    def ground_truth(self, device: torch.device | str = "cpu") -> GroundTruth:
+        """Return a reference answer for strategies with ``uses_ground_truth``: a centred box, the first label."""
+        mask = torch.zeros(self.mask_size, dtype=torch.bool, device=device)
+        height, width = self.mask_size
+        mask[height // 4:3 * height // 4, width // 4:3 * width // 4] = True
+        return GroundTruth(mask=mask, label=self.label_set[0])
+
     def select(self, component: TestTimeScaling, candidates: list[Candidate]) -> Selection:
-        selection = component.select(candidates)
+        if component.uses_ground_truth:
+            selection = component.select(candidates, ground_truth=self.ground_truth(candidates[0].mask_logits.device))
+        else:
+            selection = component.select(candidates)
         require(isinstance(selection, Selection),
                 f"select returned {type(selection).__name__}; return mdskit.tts.Selection.")
         return selection
@@ -655,6 +666,17 @@ class TtsStrategyContract(Contract):
                                                f"or {SEG_TOKEN}; say why no valid answer was found.")
         require(selection.diagnosis is None, "Selection.diagnosis must be None when no candidate has one.")
         require(not bool(selection.mask.any()), f"Selection.mask must be empty when no candidate has {SEG_TOKEN}.")
+
+    def test_ground_truth_required_when_used(self) -> None:
+        component = self.component()
+        if not component.uses_ground_truth:
+            return
+        try:
+            component.select(self.candidates(component.num_paths))
+        except MdskitError:
+            return
+        raise ContractViolation("select answered without ground_truth although uses_ground_truth is set; raise an "
+                                "MdskitError that names a ground-truth-free strategy instead.")
 
     def test_device_follows_inputs(self) -> None:
         for device in available_devices():

@@ -85,8 +85,9 @@ def test_every_role_has_a_contract():
 
 
 def test_first_party_components_are_all_covered():
-    expected = {"backbone": ["llava"], "prompt": ["rvls2m"], "decoder": ["litemedsam"],
-                "tts": ["none", "self-consistency"], "dataset": ["busi", "kvasir", "ph2", "phantom", "shenzhen"],
+    expected = {"backbone": ["llava"], "prompt": ["rvls2m", "similarity-box", "similarity-points"],
+                "decoder": ["litemedsam"],
+                "tts": ["best-of-n", "none", "oracle", "prompt-ensemble", "region-perturbation", "self-consistency"], "dataset": ["busi", "kvasir", "ph2", "phantom", "shenzhen"],
                 "metric": ["accuracy", "ciou", "dice", "giou", "macro_f1"], "cot": ["template"]}
     assert {role.key: COMPONENTS.names(role.key) for role in ROLES} == expected
 
