@@ -192,7 +192,7 @@ def run_method(settings: RunSettings, workspace: Workspace | None = None,
     tts_params = strategy.params()
     out = settings.out
     adapters = open_datasets(workspace.components, settings.data)
-    _claim_folder(out, settings.fingerprint(spec, tts_params), settings)
+    _claim_folder(out, settings.fingerprint(spec, tts_params), settings, tts_params)
 
     model, train_result = prepare_model(workspace, spec, settings, adapters, progress)
     test_samples = load_split(adapters, "test", spec, workspace.components, settings.max_samples, settings.seed)
@@ -247,15 +247,21 @@ def _describe(adapter: DatasetAdapter) -> str:
     return adapter.description if adapter.embedded else str(adapter.root)
 
 
-def _claim_folder(out: Path, fingerprint: str, settings: RunSettings) -> None:
+def _claim_folder(out: Path, fingerprint: str, settings: RunSettings, tts_params: dict[str, Any] | None = None) -> None:
     """Create ``out`` or check that it belongs to a run with the same settings."""
     record_path = out / "run.json"
+    current = {key: str(value) for key, value in asdict(settings).items()}
     if record_path.is_file():
         stored = json.loads(record_path.read_text(encoding="utf-8"))
         if stored.get("fingerprint") != fingerprint:
             changed = sorted(key for key, value in stored.get("settings", {}).items()
-                             if value != str(asdict(settings).get(key)) and key != "out")
-            detail = f" ({', '.join(changed)} differ)" if changed else " (the method definition differs)"
+                             if value != current.get(key) and key != "out")
+            stored_tts = stored.get("tts_params")
+            if isinstance(stored_tts, dict) and tts_params is not None:
+                changed += sorted(f"strategy {key}" for key in set(stored_tts) | set(tts_params)
+                                  if stored_tts.get(key) != tts_params.get(key))
+            verb = "differs" if len(changed) == 1 else "differ"
+            detail = f" ({', '.join(changed)} {verb})" if changed else " (the method definition differs)"
             raise MdskitError(
                 f"{out} contains a run of method {stored.get('method')} with other settings{detail}; "
                 "pass another --out or delete the folder.")
@@ -263,7 +269,7 @@ def _claim_folder(out: Path, fingerprint: str, settings: RunSettings) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json(record_path, {"fingerprint": fingerprint, "method": settings.method, "ttss": settings.ttss,
-                             "settings": {key: str(value) for key, value in asdict(settings).items()}})
+                             "settings": current, "tts_params": tts_params or {}})
 
 
 def _evaluate(model: MdsModel, samples: list[MdsSample], strategy, settings: RunSettings,

@@ -151,7 +151,8 @@ class TestTimeScaling:
                      "no modality has more phrasings")
         if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
                 or not math.isfinite(temperature):
-            raise ConfigError(f"temperature must be a finite number, got {temperature!r}; set for example 0.7.")
+            raise ConfigError(f"temperature (--temperature) must be a finite number, got {temperature!r}; set for "
+                              "example 0.7.")
         if num_paths > 1 and temperature <= 0:
             raise ConfigError(
                 f"temperature {temperature} with num_paths {num_paths} samples identical paths; "
@@ -226,11 +227,16 @@ def mean_agreement(masks: torch.Tensor) -> list[float]:
     return (others / (count - 1)).tolist()
 
 
-def _check_count(name: str, value: object, maximum: int, meaning: str, reason: str) -> None:
+# The command-line option that sets each count, so errors name what the user typed.
+_COUNT_OPTIONS = {"num_paths": "--paths", "num_perturbations": "--perturbations", "num_questions": "--questions"}
+
+
+def _check_count(key: str, value: object, maximum: int, meaning: str, reason: str) -> None:
+    name = f"{key} ({_COUNT_OPTIONS[key]})"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"{name} must be an integer, got {value!r}.")
     if value < 1:
         raise ConfigError(f"{name} must be at least 1, got {value}.")
     if value > maximum:
         raise ConfigError(
-            f"{name} {value} exceeds the maximum of {maximum} {meaning}, because {reason}. Set a smaller {name}.")
+            f"{name} {value} exceeds the maximum of {maximum} {meaning}, because {reason}. Set a smaller {key}.")

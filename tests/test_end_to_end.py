@@ -157,7 +157,7 @@ def test_other_settings_in_same_folder_are_rejected(trained_run, registry, data_
     out, _ = trained_run
     result = invoke(registry, "run", "tiny-sim4seg", "--seed", "5", *data_args, "--out", out)
     assert result.exit_code == 2
-    assert "with other settings (seed differ)" in result.output
+    assert "with other settings (seed differs)" in result.output
 
 
 def test_interrupted_training_resumes_to_same_weights(registry, data_args, tmp_path):

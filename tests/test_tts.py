@@ -108,7 +108,7 @@ def test_self_consistency_defaults():
 
 
 def test_self_consistency_rejects_too_many_paths():
-    with pytest.raises(ConfigError, match="num_paths 65 exceeds the maximum of 64 paths per request"):
+    with pytest.raises(ConfigError, match=r"num_paths \(--paths\) 65 exceeds the maximum of 64 paths per request"):
         SelfConsistency(num_paths=65)
 
 
@@ -117,13 +117,13 @@ def test_self_consistency_accepts_maximum_paths():
 
 
 def test_self_consistency_rejects_zero_paths():
-    with pytest.raises(ConfigError, match="num_paths must be at least 1, got 0"):
+    with pytest.raises(ConfigError, match=r"num_paths \(--paths\) must be at least 1, got 0"):
         SelfConsistency(num_paths=0)
 
 
 @pytest.mark.parametrize("num_paths", ["4", 4.0, True])
 def test_self_consistency_rejects_non_integer_paths(num_paths):
-    with pytest.raises(ConfigError, match="num_paths must be an integer, got"):
+    with pytest.raises(ConfigError, match=r"num_paths \(--paths\) must be an integer, got"):
         SelfConsistency(num_paths=num_paths)
 
 

@@ -22,12 +22,12 @@ def assert_user_error(result, *fragments):
 
 
 @pytest.mark.parametrize("arguments, fragments", [
-    (["--ttss", "best-of-n", "--temperature", "nan"], ["temperature must be a finite number, got nan"]),
+    (["--ttss", "best-of-n", "--temperature", "nan"], ["temperature (--temperature) must be a finite number, got nan"]),
     (["--ttss", "best-of-n", "--score", "dice"], ["unknown best-of-n score 'dice'", "predicted-iou"]),
-    (["--ttss", "best-of-n", "--perturbations", "0"], ["num_perturbations must be at least 1"]),
-    (["--ttss", "region-perturbation", "--perturbations", "17"], ["num_perturbations 17 exceeds the maximum of 16"]),
-    (["--ttss", "prompt-ensemble", "--questions", "9"], ["num_questions 9 exceeds the maximum of 8"]),
-    (["--ttss", "oracle", "--paths", "0"], ["num_paths must be at least 1"]),
+    (["--ttss", "best-of-n", "--perturbations", "0"], ["num_perturbations (--perturbations) must be at least 1"]),
+    (["--ttss", "region-perturbation", "--perturbations", "17"], ["num_perturbations (--perturbations) 17 exceeds the maximum of 16"]),
+    (["--ttss", "prompt-ensemble", "--questions", "9"], ["num_questions (--questions) 9 exceeds the maximum of 8"]),
+    (["--ttss", "oracle", "--paths", "0"], ["num_paths (--paths) must be at least 1"]),
     (["--ttss", "self-consistency", "--score", "logprob"], ["unknown parameter 'score'", "self-consistency"]),
 ])
 def test_bad_tts_options(tmp_path, arguments, fragments):

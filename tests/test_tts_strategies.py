@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -297,20 +298,20 @@ def test_perturbed_prompts_shape_and_seed():
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(num_paths=0), "num_paths must be at least 1"),
-    (dict(num_paths=65), "num_paths 65 exceeds the maximum of 64"),
-    (dict(num_perturbations=0), "num_perturbations must be at least 1"),
-    (dict(num_perturbations=17), "num_perturbations 17 exceeds the maximum of 16"),
-    (dict(num_questions=9), "num_questions 9 exceeds the maximum of 8"),
+    (dict(num_paths=0), "num_paths (--paths) must be at least 1"),
+    (dict(num_paths=65), "num_paths (--paths) 65 exceeds the maximum of 64"),
+    (dict(num_perturbations=0), "num_perturbations (--perturbations) must be at least 1"),
+    (dict(num_perturbations=17), "num_perturbations (--perturbations) 17 exceeds the maximum of 16"),
+    (dict(num_questions=9), "num_questions (--questions) 9 exceeds the maximum of 8"),
     (dict(num_paths=64, num_perturbations=16), "1024 candidates per request, above the maximum of 256"),
     (dict(num_paths=4, temperature=0.0), "samples identical paths"),
-    (dict(temperature=math.nan), "temperature must be a finite number, got nan"),
-    (dict(temperature=math.inf), "temperature must be a finite number"),
+    (dict(temperature=math.nan), "temperature (--temperature) must be a finite number, got nan"),
+    (dict(temperature=math.inf), "temperature (--temperature) must be a finite number"),
     (dict(score="dice"), "unknown best-of-n score 'dice'; choose one of: predicted-iou, logprob, agreement"),
-    (dict(num_perturbations=1.5), "num_perturbations must be an integer"),
+    (dict(num_perturbations=1.5), "num_perturbations (--perturbations) must be an integer"),
 ])
 def test_best_of_n_rejects_bad_options(options, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         BestOfN(**options)
 
 
