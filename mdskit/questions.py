@@ -57,9 +57,15 @@ def format_choices(labels: tuple[str, ...]) -> str:
     return f"{', '.join(labels[:-1])} or {labels[-1]}"
 
 
+# DICOM Modality codes (PS3.3, C.7.3.1.1.1) whose phrasings are known. Codes
+# such as CR or DX name the device, not the body part, so they are left out.
+DICOM_MODALITY_CODES: dict[str, str] = {"us": "ultrasound"}
+
+
 def question_templates(modality: str) -> tuple[str, ...]:
-    """Return the phrasings for a modality, or the generic ones when no key matches."""
+    """Return the phrasings for a modality or DICOM Modality code, or the generic ones when no key matches."""
     lowered = modality.lower()
+    lowered = DICOM_MODALITY_CODES.get(lowered.strip(), lowered)
     for key, templates in QUESTIONS_BY_MODALITY.items():
         if key in lowered:
             return templates

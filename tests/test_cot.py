@@ -319,3 +319,17 @@ def test_attach_text_requires_matching_diagnosis():
     sample = _sample(_disc(), case_id="c9")
     with pytest.raises(PluginError, match=r"busi/c9 whose diagnosis reads as 'malignant', not the label 'benign'"):
         attach_text([sample], _FixedAnswer("Diagnosis: malignant. Mask: [SEG]."))
+
+
+def test_dicom_ultrasound_code_gets_ultrasound_questions():
+    from mdskit.questions import QUESTIONS_BY_MODALITY, question_templates
+
+    assert question_templates("US") == QUESTIONS_BY_MODALITY["ultrasound"]
+    assert question_templates("breast ultrasound") == QUESTIONS_BY_MODALITY["ultrasound"]
+
+
+def test_unknown_modality_gets_generic_questions():
+    from mdskit.questions import GENERIC_QUESTIONS, question_templates
+
+    assert question_templates("CR") == GENERIC_QUESTIONS
+    assert question_templates("unknown") == GENERIC_QUESTIONS
