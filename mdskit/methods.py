@@ -181,10 +181,10 @@ def load_registry(path: str | Path | None, components: Components,
                   plugin_methods: dict[str, dict[str, Any]] | None = None) -> MethodRegistry:
     """Read and validate ``registry.yaml``, adding methods that plugins define.
 
-    A method that needs a component of a plugin that failed to load, and a
-    plugin's invalid method definition, do not stop the others: they go to
-    ``unavailable`` with the reason (plugin methods also to
-    ``components.failures``).
+    A method that needs a component of a plugin that failed to load or was
+    disabled, and a plugin's invalid method definition, do not stop the
+    others: they go to ``unavailable`` with the reason (plugin methods also
+    to ``components.failures``).
 
     Raises:
         ConfigError: naming the file, the key and the valid choices.
@@ -251,7 +251,10 @@ def parse_component(entry: Any, role: str, components: Components, where: str) -
     try:
         component = components.get(role, str(entry["type"]))
     except (ConfigError, PluginError) as error:
-        raise type(error)(f"{where}.type: {error}") from None
+        # A disabled plugin may provide the name, so the method is unavailable rather than invalid.
+        # NOTE: while any plugin is disabled, a misspelled type also only makes its method unavailable.
+        unloaded = isinstance(error, PluginError) or components.disabled_plugins()
+        raise (PluginError if unloaded else ConfigError)(f"{where}.type: {error}") from None
     check_params(component, params, where)
     return ComponentSpec(str(entry["type"]), copy.deepcopy(params))
 

@@ -175,8 +175,12 @@ class Components:
                 or (failure.component is None and failure.role in (None, role_key)
                     and failure.hook in (None, ROLE_BY_KEY[role_key].hook))]
 
+    def disabled_plugins(self) -> list[str]:
+        """Names of the plugins skipped with ``--disable-plugin``, in load order."""
+        return [info.name for info in self.plugins.values() if info.status == "disabled"]
+
     def _disabled_hint(self) -> str:
-        disabled = [info.name for info in self.plugins.values() if info.status == "disabled"]
+        disabled = self.disabled_plugins()
         if not disabled:
             return ""
         return f" Disabled plugins: {', '.join(disabled)}."

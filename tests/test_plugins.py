@@ -132,6 +132,31 @@ def test_disabled_plugin_file_is_listed_not_loaded(tmp_path):
         components.get("prompt", "extra")
 
 
+def test_disabling_a_used_plugin_keeps_other_methods(tmp_path):
+    registry = write(tmp_path / "registry.yaml", TINY_METHOD.format(plugins="", prompt="rvls2m"))
+    components, methods = load_methods(registry, disabled=("rvls2m",))
+    assert methods.method("plain").prompt is None
+    assert components.failures == []
+    with pytest.raises(PluginError) as caught:
+        methods.method("with-extra")
+    assert str(caught.value).endswith("methods.with-extra.prompt.type: unknown prompt module 'rvls2m'; choose one "
+                                      "of: none registered. Disabled plugins: rvls2m.")
+
+
+def test_cli_lists_methods_of_disabled_plugin(tmp_path):
+    registry = write(tmp_path / "registry.yaml", TINY_METHOD.format(plugins="", prompt="rvls2m"))
+    options = ["--registry", str(registry), "--disable-plugin", "rvls2m"]
+    plugins = CliRunner().invoke(main, [*options, "plugins"], env={"COLUMNS": "250"})
+    assert plugins.exit_code == 0, plugins.output
+    assert "disabled" in next(line for line in plugins.output.splitlines() if "│ rvls2m" in line)
+    assert "- method 'with-extra' is unavailable: " in plugins.output
+    listing = CliRunner().invoke(main, [*options, "list"], env={"COLUMNS": "250"})
+    assert listing.exit_code == 0, listing.output
+    assert any(line.startswith("│ plain ") for line in listing.output.splitlines())
+    assert "Unavailable method with-extra:" in listing.output
+    assert "Disabled plugins: rvls2m." in listing.output
+
+
 def test_registry_plugins_key_is_relative_to_the_file(tmp_path):
     (tmp_path / "local").mkdir()
     prompt_plugin(tmp_path / "local", "extra_prompt", "extra")
