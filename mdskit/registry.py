@@ -147,7 +147,7 @@ class Components:
 
         Raises:
             PluginError: No class has that name and a plugin failed to load,
-                so the message gives that plugin's failure.
+                so the message names that plugin.
             ConfigError: No class has that name; the message lists the choices.
         """
         component = self.registries[role_key].get(name) if name in self.providers[role_key] else None
@@ -155,13 +155,12 @@ class Components:
             return component
         role = ROLE_BY_KEY[role_key]
         choices = ", ".join(self.names(role_key)) or "none registered"
-        related = self.failures_for(role_key, name)
-        if related:
-            reasons = " ".join(failure.message() for failure in related)
-            raise PluginError(f"unknown {role.singular} '{name}'; choose one of: {choices}.{self._disabled_hint()} "
-                              f"A plugin that may provide it failed to load: {reasons} Run 'mdskit plugins' for "
-                              "details.")
-        raise ConfigError(f"unknown {role.singular} '{name}'; choose one of: {choices}.{self._disabled_hint()}")
+        message = f"unknown {role.singular} '{name}'; choose one of: {choices}.{self._disabled_hint()}"
+        failed = list(dict.fromkeys(failure.plugin for failure in self.failures_for(role_key, name)))
+        if failed:
+            raise PluginError(f"{message} Plugins that failed to load and may provide it: {', '.join(failed)}. "
+                              "Run 'mdskit plugins' for details.")
+        raise ConfigError(message)
 
     def failures_for(self, role_key: str, name: str) -> list[PluginFailure]:
         """Return the failures that may explain why ``name`` is missing from a role.

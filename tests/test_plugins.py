@@ -300,9 +300,10 @@ def test_method_of_broken_plugin_fails_with_its_reason(tmp_path):
     message = str(caught.value)
     assert message.startswith("method 'with-extra' is unavailable: ")
     assert "methods.with-extra.prompt.type: unknown prompt module 'extra'; choose one of: rvls2m, similarity-box, similarity-points." in message
-    assert "plugin 'broken': failed to import from" in message
-    assert "RuntimeError: weights missing" in message
-    with pytest.raises(PluginError, match="RuntimeError: weights missing"):
+    assert "Plugins that failed to load and may provide it: broken." in message
+    (failure,) = failures_of(components, "broken")
+    assert "RuntimeError: weights missing" in failure
+    with pytest.raises(PluginError, match="may provide it: broken"):
         components.get("prompt", "extra")
 
 
@@ -312,8 +313,11 @@ def test_cli_run_reports_the_broken_plugin(tmp_path):
     result = CliRunner().invoke(main, ["--registry", str(registry), "--plugin", str(tmp_path / "broken.py"),
                                        "run", "with-extra", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
-    assert "method 'with-extra' is unavailable" in result.output
-    assert "RuntimeError: weights missing" in result.output
+    output = " ".join(result.output.split())
+    assert "method 'with-extra' is unavailable" in output
+    assert "Plugins that failed to load and may provide it: broken. Run 'mdskit plugins' for details." in output
+    # The plugin's own failure is in the log.
+    assert "weights missing" in output
     assert not (tmp_path / "out").exists()
 
 
@@ -369,10 +373,22 @@ def test_missing_name_mentions_disabled_and_failed_plugins(tmp_path):
     components, _ = load_plugins(files=[broken], disabled=("rvls2m",))
     with pytest.raises(PluginError) as caught:
         components.get("prompt", "rvls2m")
+    assert str(caught.value) == ("unknown prompt module 'rvls2m'; choose one of: none registered. Disabled "
+                                 "plugins: rvls2m. Plugins that failed to load and may provide it: broken. Run "
+                                 "'mdskit plugins' for details.")
+
+
+def test_missing_name_lists_failed_plugin_names(tmp_path):
+    broken = write(tmp_path / "broken.py", "raise RuntimeError('weights missing')\n")
+    syntax = write(tmp_path / "syntax.py", "def oops(:\n")
+    components, _ = load_plugins(files=[broken, syntax])
+    with pytest.raises(PluginError) as caught:
+        components.get("backbone", "nope")
     message = str(caught.value)
-    assert message.startswith("unknown prompt module 'rvls2m'; choose one of: none registered. Disabled plugins: "
-                              "rvls2m. A plugin that may provide it failed to load: plugin 'broken': ")
-    assert message.endswith("Run 'mdskit plugins' for details.")
+    assert message.endswith("Plugins that failed to load and may provide it: broken, syntax. Run 'mdskit plugins' "
+                            "for details.")
+    assert "weights missing" not in message
+    assert "SyntaxError" not in message
 
 
 def test_same_file_from_registry_and_option_loads_once(tmp_path):
