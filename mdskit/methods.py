@@ -184,7 +184,9 @@ def load_registry(path: str | Path | None, components: Components,
     A method that needs a component of a plugin that failed to load or was
     disabled, and a plugin's invalid method definition, do not stop the
     others: they go to ``unavailable`` with the reason (plugin methods also
-    to ``components.failures``).
+    to ``components.failures``). A method defined both by a plugin and by
+    ``registry.yaml`` takes the registry's definition, and the clash is
+    recorded as a failure of the plugin.
 
     Raises:
         ConfigError: naming the file, the key and the valid choices.
@@ -211,6 +213,8 @@ def load_registry(path: str | Path | None, components: Components,
                                                                f"definition: {error}", hook="mdskit_methods"))
     for name, definition in (document.get("methods") or {}).items():
         unavailable.pop(name, None)
+        if name in (plugin_methods or {}):
+            _report_replaced_method(components, name, plugin_methods[name], path)
         try:
             methods[name] = parse_method(name, definition, components, f"{path}: methods.{name}")
         except PluginError as error:
@@ -219,6 +223,15 @@ def load_registry(path: str | Path | None, components: Components,
             logger.warning("method %s is unavailable: %s", name, error)
     tts_defaults = _parse_tts(document.get("tts") or {}, components, path)
     return MethodRegistry(methods, tts_defaults, str(path), unavailable)
+
+
+def _report_replaced_method(components: Components, name: str, definition: dict[str, Any], path: Path) -> None:
+    provider = str(definition.get("provider", "?"))
+    reason = (f"hook mdskit_methods defines method '{name}', which {path} also defines; the registry.yaml "
+              f"definition is used. Rename the plugin's method or disable the plugin with --disable-plugin "
+              f"{provider}.")
+    logger.warning("plugin %s: %s", provider, reason)
+    components.failures.append(PluginFailure(provider, reason, hook="mdskit_methods"))
 
 
 def parse_method(name: str, definition: Any, components: Components, where: str) -> MethodSpec:

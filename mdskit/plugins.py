@@ -122,8 +122,9 @@ class MdskitHookSpecs:
         Each definition has the format of an entry of ``registry.yaml``'s
         ``methods`` (``backbone``, ``prompt``, ``decoder``, ``cot``,
         ``training``, ``description``). It is validated when
-        ``registry.yaml`` is read, and a method of the same name in
-        ``registry.yaml`` replaces it.
+        ``registry.yaml`` is read. A method of the same name in
+        ``registry.yaml`` replaces it, and the clash is recorded as a
+        failure of this plugin.
         """
 
 

@@ -368,6 +368,20 @@ def test_plugin_methods_are_listed_with_their_plugin():
     assert components.failures == []
 
 
+def test_plugin_method_clashing_with_registry_is_reported():
+    definition = {"backbone": {"type": "llava", "hidden_size": 32}, "decoder": {"type": "litemedsam"},
+                  "cot": {"type": "template"}}
+    plugin = types.SimpleNamespace(mdskit_methods=hookimpl(lambda: {"lisa": definition}))
+    components, plugin_methods = load_plugins(extra=[("lisa_methods", plugin)])
+    registry = load_registry(None, components, plugin_methods)
+    assert registry.method("lisa").provider == "registry.yaml"
+    assert "lisa" not in registry.unavailable
+    (message,) = failures_of(components, "lisa_methods")
+    assert message.startswith("plugin 'lisa_methods': hook mdskit_methods defines method 'lisa', which ")
+    assert message.endswith("registry.yaml also defines; the registry.yaml definition is used. Rename the plugin's "
+                            "method or disable the plugin with --disable-plugin lisa_methods.")
+
+
 def test_missing_name_mentions_disabled_and_failed_plugins(tmp_path):
     broken = write(tmp_path / "broken.py", "raise RuntimeError('weights missing')\n")
     components, _ = load_plugins(files=[broken], disabled=("rvls2m",))
