@@ -93,14 +93,16 @@ class Components:
 
     Each role has its own mmengine :class:`~mmengine.registry.Registry`;
     ``providers[role][name]`` is the name of the plugin that registered it,
-    ``plugins`` every plugin found, in load order, and ``failures`` what
-    could not be loaded.
+    ``plugins`` every plugin found, in load order, ``failures`` what
+    could not be loaded, and ``warnings`` problems that are not a plugin's
+    fault, such as ``--disable-plugin`` naming no plugin.
     """
 
     registries: dict[str, Registry] = field(default_factory=dict)
     providers: dict[str, dict[str, str]] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for role in ROLES:

@@ -157,6 +157,19 @@ def test_cli_lists_methods_of_disabled_plugin(tmp_path):
     assert "Disabled plugins: rvls2m." in listing.output
 
 
+def test_disabling_unknown_plugin_warns():
+    components, _ = load_plugins(disabled=("rvls2n", "nosuchplugin"))
+    known = ", ".join(FIRST_PARTY)
+    assert components.warnings == [
+        f"no plugin named 'nosuchplugin' to disable; known plugins: {known}.",
+        f"no plugin named 'rvls2n' to disable (did you mean 'rvls2m'?); known plugins: {known}."]
+    assert components.failures == []
+    for command in ("plugins", "list"):
+        result = CliRunner().invoke(main, ["--disable-plugin", "nosuchplugin", command], env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        assert "Warning: no plugin named 'nosuchplugin' to disable" in result.output
+
+
 def test_registry_plugins_key_is_relative_to_the_file(tmp_path):
     (tmp_path / "local").mkdir()
     prompt_plugin(tmp_path / "local", "extra_prompt", "extra")
