@@ -333,6 +333,8 @@ def list_command(context):
             for name in components.names(role.key):
                 table.add_row(role.title, name, components.providers[role.key][name])
         output.print(table)
+        for warning in components.warnings:
+            output.print(f"[yellow]Warning:[/] {warning}", highlight=False, soft_wrap=True)
         for failure in components.failures:
             output.print(f"[red]Failed:[/] {failure.message()}", highlight=False, soft_wrap=True)
         for name, reason in sorted(workspace.registry.unavailable.items()):
@@ -357,6 +359,8 @@ def plugins_command(context):
             table.add_row(name, version, source, _plugin_status(info, components),
                           "\n".join(registered.get(name, [])) or "-")
         output.print(table)
+        for warning in components.warnings:
+            output.print(f"Warning: {warning}", highlight=False, soft_wrap=True)
         if components.failures:
             output.print("Failures:")
         for failure in components.failures:

@@ -181,10 +181,12 @@ def load_registry(path: str | Path | None, components: Components,
                   plugin_methods: dict[str, dict[str, Any]] | None = None) -> MethodRegistry:
     """Read and validate ``registry.yaml``, adding methods that plugins define.
 
-    A method that needs a component of a plugin that failed to load, and a
-    plugin's invalid method definition, do not stop the others: they go to
-    ``unavailable`` with the reason (plugin methods also to
-    ``components.failures``).
+    A method that needs a component of a plugin that failed to load or was
+    disabled, and a plugin's invalid method definition, do not stop the
+    others: they go to ``unavailable`` with the reason (plugin methods also
+    to ``components.failures``). A method defined both by a plugin and by
+    ``registry.yaml`` takes the registry's definition, and the clash is
+    recorded as a failure of the plugin.
 
     Raises:
         ConfigError: naming the file, the key and the valid choices.
@@ -211,6 +213,8 @@ def load_registry(path: str | Path | None, components: Components,
                                                                f"definition: {error}", hook="mdskit_methods"))
     for name, definition in (document.get("methods") or {}).items():
         unavailable.pop(name, None)
+        if name in (plugin_methods or {}):
+            _report_replaced_method(components, name, plugin_methods[name], path)
         try:
             methods[name] = parse_method(name, definition, components, f"{path}: methods.{name}")
         except PluginError as error:
@@ -219,6 +223,15 @@ def load_registry(path: str | Path | None, components: Components,
             logger.warning("method %s is unavailable: %s", name, error)
     tts_defaults = _parse_tts(document.get("tts") or {}, components, path)
     return MethodRegistry(methods, tts_defaults, str(path), unavailable)
+
+
+def _report_replaced_method(components: Components, name: str, definition: dict[str, Any], path: Path) -> None:
+    provider = str(definition.get("provider", "?"))
+    reason = (f"hook mdskit_methods defines method '{name}', which {path} also defines; the registry.yaml "
+              f"definition is used. Rename the plugin's method or disable the plugin with --disable-plugin "
+              f"{provider}.")
+    logger.warning("plugin %s: %s", provider, reason)
+    components.failures.append(PluginFailure(provider, reason, hook="mdskit_methods"))
 
 
 def parse_method(name: str, definition: Any, components: Components, where: str) -> MethodSpec:
@@ -251,7 +264,10 @@ def parse_component(entry: Any, role: str, components: Components, where: str) -
     try:
         component = components.get(role, str(entry["type"]))
     except (ConfigError, PluginError) as error:
-        raise type(error)(f"{where}.type: {error}") from None
+        # A disabled plugin may provide the name, so the method is unavailable rather than invalid.
+        # NOTE: while any plugin is disabled, a misspelled type also only makes its method unavailable.
+        unloaded = isinstance(error, PluginError) or components.disabled_plugins()
+        raise (PluginError if unloaded else ConfigError)(f"{where}.type: {error}") from None
     check_params(component, params, where)
     return ComponentSpec(str(entry["type"]), copy.deepcopy(params))
 

@@ -15,7 +15,8 @@ keeps it. Each broken plugin is recorded as a
 :class:`~mdskit.registry.PluginFailure` with the hook and the fix: one that
 fails to import, implements a hook with a wrong signature or under an
 unknown name, registers a name twice, or returns the wrong type. The other
-plugins still load.
+plugins still load. A ``disabled`` name that matches no plugin is recorded
+in ``Components.warnings``.
 """
 
 from __future__ import annotations
@@ -122,8 +123,9 @@ class MdskitHookSpecs:
         Each definition has the format of an entry of ``registry.yaml``'s
         ``methods`` (``backbone``, ``prompt``, ``decoder``, ``cot``,
         ``training``, ``description``). It is validated when
-        ``registry.yaml`` is read, and a method of the same name in
-        ``registry.yaml`` replaces it.
+        ``registry.yaml`` is read. A method of the same name in
+        ``registry.yaml`` replaces it, and the clash is recorded as a
+        failure of this plugin.
         """
 
 
@@ -180,8 +182,20 @@ def load_plugins(disabled: Iterable[str] = (), extra: Iterable[tuple[str, object
             logger.info("plugin %s is disabled", info.name)
             continue
         _register_plugin(manager, components, info, load)
+    _warn_unknown_disabled(components, skipped)
     methods = _collect(manager, components)
     return components, methods
+
+
+def _warn_unknown_disabled(components: Components, disabled: set[str]) -> None:
+    """Record each disabled name that matches no plugin, because a typo would leave that plugin loaded."""
+    known = ", ".join(components.plugins) or "none"
+    for name in sorted(disabled - set(components.plugins)):
+        close = difflib.get_close_matches(name, list(components.plugins), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        message = f"no plugin named '{name}' to disable{hint}; known plugins: {known}."
+        logger.warning("%s", message)
+        components.warnings.append(message)
 
 
 def _entry_point_info(entry_point: EntryPoint) -> PluginInfo:

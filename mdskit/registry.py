@@ -93,14 +93,16 @@ class Components:
 
     Each role has its own mmengine :class:`~mmengine.registry.Registry`;
     ``providers[role][name]`` is the name of the plugin that registered it,
-    ``plugins`` every plugin found, in load order, and ``failures`` what
-    could not be loaded.
+    ``plugins`` every plugin found, in load order, ``failures`` what
+    could not be loaded, and ``warnings`` problems that are not a plugin's
+    fault, such as ``--disable-plugin`` naming no plugin.
     """
 
     registries: dict[str, Registry] = field(default_factory=dict)
     providers: dict[str, dict[str, str]] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for role in ROLES:
@@ -147,7 +149,7 @@ class Components:
 
         Raises:
             PluginError: No class has that name and a plugin failed to load,
-                so the message gives that plugin's failure.
+                so the message names that plugin.
             ConfigError: No class has that name; the message lists the choices.
         """
         component = self.registries[role_key].get(name) if name in self.providers[role_key] else None
@@ -155,13 +157,12 @@ class Components:
             return component
         role = ROLE_BY_KEY[role_key]
         choices = ", ".join(self.names(role_key)) or "none registered"
-        related = self.failures_for(role_key, name)
-        if related:
-            reasons = " ".join(failure.message() for failure in related)
-            raise PluginError(f"unknown {role.singular} '{name}'; choose one of: {choices}.{self._disabled_hint()} "
-                              f"A plugin that may provide it failed to load: {reasons} Run 'mdskit plugins' for "
-                              "details.")
-        raise ConfigError(f"unknown {role.singular} '{name}'; choose one of: {choices}.{self._disabled_hint()}")
+        message = f"unknown {role.singular} '{name}'; choose one of: {choices}.{self._disabled_hint()}"
+        failed = list(dict.fromkeys(failure.plugin for failure in self.failures_for(role_key, name)))
+        if failed:
+            raise PluginError(f"{message} Plugins that failed to load and may provide it: {', '.join(failed)}. "
+                              "Run 'mdskit plugins' for details.")
+        raise ConfigError(message)
 
     def failures_for(self, role_key: str, name: str) -> list[PluginFailure]:
         """Return the failures that may explain why ``name`` is missing from a role.
@@ -175,8 +176,12 @@ class Components:
                 or (failure.component is None and failure.role in (None, role_key)
                     and failure.hook in (None, ROLE_BY_KEY[role_key].hook))]
 
+    def disabled_plugins(self) -> list[str]:
+        """Names of the plugins skipped with ``--disable-plugin``, in load order."""
+        return [info.name for info in self.plugins.values() if info.status == "disabled"]
+
     def _disabled_hint(self) -> str:
-        disabled = [info.name for info in self.plugins.values() if info.status == "disabled"]
+        disabled = self.disabled_plugins()
         if not disabled:
             return ""
         return f" Disabled plugins: {', '.join(disabled)}."

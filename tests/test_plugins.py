@@ -132,6 +132,44 @@ def test_disabled_plugin_file_is_listed_not_loaded(tmp_path):
         components.get("prompt", "extra")
 
 
+def test_disabling_a_used_plugin_keeps_other_methods(tmp_path):
+    registry = write(tmp_path / "registry.yaml", TINY_METHOD.format(plugins="", prompt="rvls2m"))
+    components, methods = load_methods(registry, disabled=("rvls2m",))
+    assert methods.method("plain").prompt is None
+    assert components.failures == []
+    with pytest.raises(PluginError) as caught:
+        methods.method("with-extra")
+    assert str(caught.value).endswith("methods.with-extra.prompt.type: unknown prompt module 'rvls2m'; choose one "
+                                      "of: none registered. Disabled plugins: rvls2m.")
+
+
+def test_cli_lists_methods_of_disabled_plugin(tmp_path):
+    registry = write(tmp_path / "registry.yaml", TINY_METHOD.format(plugins="", prompt="rvls2m"))
+    options = ["--registry", str(registry), "--disable-plugin", "rvls2m"]
+    plugins = CliRunner().invoke(main, [*options, "plugins"], env={"COLUMNS": "250"})
+    assert plugins.exit_code == 0, plugins.output
+    assert "disabled" in next(line for line in plugins.output.splitlines() if "│ rvls2m" in line)
+    assert "- method 'with-extra' is unavailable: " in plugins.output
+    listing = CliRunner().invoke(main, [*options, "list"], env={"COLUMNS": "250"})
+    assert listing.exit_code == 0, listing.output
+    assert any(line.startswith("│ plain ") for line in listing.output.splitlines())
+    assert "Unavailable method with-extra:" in listing.output
+    assert "Disabled plugins: rvls2m." in listing.output
+
+
+def test_disabling_unknown_plugin_warns():
+    components, _ = load_plugins(disabled=("rvls2n", "nosuchplugin"))
+    known = ", ".join(FIRST_PARTY)
+    assert components.warnings == [
+        f"no plugin named 'nosuchplugin' to disable; known plugins: {known}.",
+        f"no plugin named 'rvls2n' to disable (did you mean 'rvls2m'?); known plugins: {known}."]
+    assert components.failures == []
+    for command in ("plugins", "list"):
+        result = CliRunner().invoke(main, ["--disable-plugin", "nosuchplugin", command], env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        assert "Warning: no plugin named 'nosuchplugin' to disable" in result.output
+
+
 def test_registry_plugins_key_is_relative_to_the_file(tmp_path):
     (tmp_path / "local").mkdir()
     prompt_plugin(tmp_path / "local", "extra_prompt", "extra")
@@ -275,9 +313,10 @@ def test_method_of_broken_plugin_fails_with_its_reason(tmp_path):
     message = str(caught.value)
     assert message.startswith("method 'with-extra' is unavailable: ")
     assert "methods.with-extra.prompt.type: unknown prompt module 'extra'; choose one of: rvls2m, similarity-box, similarity-points." in message
-    assert "plugin 'broken': failed to import from" in message
-    assert "RuntimeError: weights missing" in message
-    with pytest.raises(PluginError, match="RuntimeError: weights missing"):
+    assert "Plugins that failed to load and may provide it: broken." in message
+    (failure,) = failures_of(components, "broken")
+    assert "RuntimeError: weights missing" in failure
+    with pytest.raises(PluginError, match="may provide it: broken"):
         components.get("prompt", "extra")
 
 
@@ -287,8 +326,11 @@ def test_cli_run_reports_the_broken_plugin(tmp_path):
     result = CliRunner().invoke(main, ["--registry", str(registry), "--plugin", str(tmp_path / "broken.py"),
                                        "run", "with-extra", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
-    assert "method 'with-extra' is unavailable" in result.output
-    assert "RuntimeError: weights missing" in result.output
+    output = " ".join(result.output.split())
+    assert "method 'with-extra' is unavailable" in output
+    assert "Plugins that failed to load and may provide it: broken. Run 'mdskit plugins' for details." in output
+    # The plugin's own failure is in the log.
+    assert "weights missing" in output
     assert not (tmp_path / "out").exists()
 
 
@@ -339,15 +381,41 @@ def test_plugin_methods_are_listed_with_their_plugin():
     assert components.failures == []
 
 
+def test_plugin_method_clashing_with_registry_is_reported():
+    definition = {"backbone": {"type": "llava", "hidden_size": 32}, "decoder": {"type": "litemedsam"},
+                  "cot": {"type": "template"}}
+    plugin = types.SimpleNamespace(mdskit_methods=hookimpl(lambda: {"lisa": definition}))
+    components, plugin_methods = load_plugins(extra=[("lisa_methods", plugin)])
+    registry = load_registry(None, components, plugin_methods)
+    assert registry.method("lisa").provider == "registry.yaml"
+    assert "lisa" not in registry.unavailable
+    (message,) = failures_of(components, "lisa_methods")
+    assert message.startswith("plugin 'lisa_methods': hook mdskit_methods defines method 'lisa', which ")
+    assert message.endswith("registry.yaml also defines; the registry.yaml definition is used. Rename the plugin's "
+                            "method or disable the plugin with --disable-plugin lisa_methods.")
+
+
 def test_missing_name_mentions_disabled_and_failed_plugins(tmp_path):
     broken = write(tmp_path / "broken.py", "raise RuntimeError('weights missing')\n")
     components, _ = load_plugins(files=[broken], disabled=("rvls2m",))
     with pytest.raises(PluginError) as caught:
         components.get("prompt", "rvls2m")
+    assert str(caught.value) == ("unknown prompt module 'rvls2m'; choose one of: none registered. Disabled "
+                                 "plugins: rvls2m. Plugins that failed to load and may provide it: broken. Run "
+                                 "'mdskit plugins' for details.")
+
+
+def test_missing_name_lists_failed_plugin_names(tmp_path):
+    broken = write(tmp_path / "broken.py", "raise RuntimeError('weights missing')\n")
+    syntax = write(tmp_path / "syntax.py", "def oops(:\n")
+    components, _ = load_plugins(files=[broken, syntax])
+    with pytest.raises(PluginError) as caught:
+        components.get("backbone", "nope")
     message = str(caught.value)
-    assert message.startswith("unknown prompt module 'rvls2m'; choose one of: none registered. Disabled plugins: "
-                              "rvls2m. A plugin that may provide it failed to load: plugin 'broken': ")
-    assert message.endswith("Run 'mdskit plugins' for details.")
+    assert message.endswith("Plugins that failed to load and may provide it: broken, syntax. Run 'mdskit plugins' "
+                            "for details.")
+    assert "weights missing" not in message
+    assert "SyntaxError" not in message
 
 
 def test_same_file_from_registry_and_option_loads_once(tmp_path):

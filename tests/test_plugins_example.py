@@ -138,6 +138,13 @@ def test_method_fails_with_reason_when_example_is_disabled(on_path, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_other_methods_stay_listed_when_example_is_disabled(on_path):
+    result = invoke("--registry", str(EXAMPLE / "registry.yaml"), "--disable-plugin", "smoothed-similarity", "list")
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith("│ rvls2m-baseline ") for line in result.output.splitlines())
+    assert "Unavailable method smoothed:" in result.output
+
+
 def test_tutorial_python_snippets_run(on_path, capsys):
     """Every Python block of docs/plugins.md that is not a package file runs against the installed package."""
     text = (PROJECT_ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
