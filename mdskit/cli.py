@@ -9,6 +9,7 @@ says where its results were kept.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -178,6 +179,9 @@ def _parse_window(context, parameter, value: str | None) -> tuple[float, float] 
         centre, width = (float(part) for part in value.split(","))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not CENTRE,WIDTH; write for example --window 40,400.") from None
+    if not (math.isfinite(centre) and math.isfinite(width)):
+        raise click.BadParameter(f"{value!r} has a non-finite centre or width; give finite numbers, for example "
+                                 "--window 40,400.")
     if width < 1:
         raise click.BadParameter(f"width {width:g} is below 1; give a positive window width.")
     return centre, width

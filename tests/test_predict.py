@@ -321,3 +321,12 @@ def test_invalid_window(registry):
                     "--window", "40")
     assert result.exit_code == 2
     assert "CENTRE,WIDTH" in result.output
+
+
+@pytest.mark.parametrize("window", ["nan,400", "40,inf", "-inf,400"])
+def test_non_finite_window(registry, window):
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
+                    "--window", window)
+    assert result.exit_code == 2
+    assert "non-finite" in result.output
+    assert window in result.output
