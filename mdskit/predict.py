@@ -26,13 +26,14 @@ from .build import build_model, build_tts
 from .checkpoint import read_record, recover_folder
 from .cot import DIAGNOSIS_MARKER
 from .errors import CheckpointError, MdskitError
-from .evaluation import Prediction, predict
+from .evaluation import Prediction, _candidate_record, predict
 from .medical_io import (DICOM_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES, InputImage, read_input_image,
                          write_native_mask)
 from .outputs import HEAT_ALPHA, heat_overlay, normalised, overlay, provenance, save_png, write_json
 from .report import write_report
 from .runs import Workspace
 from .sample import MdsSample
+from .tts import candidate_masks, mean_agreement
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class Predictor:
         """Return the method, checkpoint and strategy part of every record."""
         return {"method": self.spec.name, "prompt_module": self.spec.prompt.type if self.spec.prompt else None,
                 "checkpoint": str(self.checkpoint), "checkpoint_step": self.step, "ttss": self.settings.ttss,
-                "tts_params": {"num_paths": self.strategy.num_paths, "temperature": self.strategy.temperature},
+                "tts_params": self.strategy.params(),
                 "labels": list(self.labels), "seed": self.settings.seed}
 
 
@@ -213,14 +214,20 @@ def build_record(source: InputImage, prediction: Prediction, seconds: float,
         "similarity_map": _similarity_note(prediction, predictor_description.get("prompt_module")),
         "agreement": _agreement_summary(prediction),
         "seconds": round(seconds, 3),
-        "candidates": [
-            {"path": candidate.path_index, "text": candidate.text, "diagnosis": candidate.diagnosis,
-             "seg_found": candidate.seg_found, "mean_logprob": round(candidate.mean_logprob, 4),
-             "iou_score": round(candidate.iou_score, 4), "mask_area": int((candidate.mask_logits > 0).sum())}
-            for candidate in prediction.candidates
-        ],
+        "candidates": candidate_records(prediction),
     }
     return record
+
+
+def candidate_records(prediction: Prediction) -> list[dict[str, Any]]:
+    """Build the candidate records of one prediction, as ``mdskit run`` writes them to ``predictions.jsonl``."""
+    ordered = sorted(prediction.candidates, key=lambda candidate: candidate.path_index)
+    agreement = mean_agreement(candidate_masks(ordered)) if ordered else []
+    scores = prediction.selection.scores or {}
+    chosen = set(prediction.selection.chosen)
+    return [_candidate_record(candidate, agreement[position], scores.get(candidate.path_index),
+                              candidate.path_index in chosen)
+            for position, candidate in enumerate(ordered)]
 
 
 def _similarity_note(prediction: Prediction, prompt_module: str | None) -> dict[str, Any]:

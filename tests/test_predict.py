@@ -164,6 +164,7 @@ def test_batch_record_contents(batch):
         assert record["ttss"] == "self-consistency"
         assert record["tts_params"]["num_paths"] == 2
         assert len(record["candidates"]) == 2
+        assert record["tts_params"]["temperature"] == 1.0
         assert record["similarity_map"]["available"] is True
         assert record["agreement"]["fused_paths"] == 2
         assert record["seconds"] > 0
@@ -330,3 +331,13 @@ def test_non_finite_window(registry, window):
     assert result.exit_code == 2
     assert "non-finite" in result.output
     assert window in result.output
+
+
+def test_batch_candidate_selection_fields(batch):
+    _, _, _, records = batch
+    for record in records.values():
+        for candidate in record["candidates"]:
+            for key in ("score", "chosen", "perturbation", "question_index", "agreement", "sampled_path", "bbox"):
+                assert key in candidate, key
+        chosen = [candidate["path"] for candidate in record["candidates"] if candidate["chosen"]]
+        assert chosen == sorted(record["chosen"])
