@@ -209,11 +209,17 @@ def _parse_window(context, parameter, value: str | None) -> tuple[float, float] 
                                "(default: every registered dataset's labels).")
 @click.option("--paths", "num_paths", type=int, help="Sampled paths per request (m) for the strategy.")
 @click.option("--temperature", type=float, help="Sampling temperature for the strategy.")
+@click.option("--perturbations", "num_perturbations", type=int,
+              help="Region prompts per path (n), 1 to 16: the RVLS2M prompt and n - 1 perturbed versions.")
+@click.option("--questions", "num_questions", type=int,
+              help="Phrasings of the clinical question per request, 1 to 8.")
+@click.option("--score", type=str,
+              help="Ground-truth-free score of best-of-n: predicted-iou, logprob or agreement.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled paths.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON instead of text.")
 @click.pass_context
 def predict(context, method, images, question, checkpoint, ttss, out, window, frame, axis, slice_index, labels,
-            num_paths, temperature, seed, as_json):
+            num_paths, temperature, num_perturbations, num_questions, score, seed, as_json):
     """Predict a chain of thought, diagnosis and mask with METHOD for each image file.
 
     IMAGES may be PNG, JPEG, BMP, TIFF, DICOM or NIfTI files.
@@ -224,6 +230,8 @@ def predict(context, method, images, question, checkpoint, ttss, out, window, fr
 
     with _user_errors():
         workspace = _workspace(context)
+        _override_tts(workspace, ttss, num_perturbations=num_perturbations, num_questions=num_questions,
+                      score=score)
         label_set = tuple(label.strip() for label in labels.split(",") if label.strip()) if labels else None
         settings = PredictSettings(method=method, images=list(images), question=question, checkpoint=checkpoint,
                                    ttss=ttss, out=out, window=window, frame=frame, axis=axis,

@@ -341,3 +341,25 @@ def test_batch_candidate_selection_fields(batch):
                 assert key in candidate, key
         chosen = [candidate["path"] for candidate in record["candidates"] if candidate["chosen"]]
         assert chosen == sorted(record["chosen"])
+
+
+def test_strategy_options_reach_records(registry, checkpoint):
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
+                    "--checkpoint", checkpoint, "--ttss", "best-of-n", "--paths", 2, "--temperature", 1.0,
+                    "--perturbations", 2, "--questions", 2, "--score", "logprob", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)[0]
+    assert record["tts_params"]["num_perturbations"] == 2
+    assert record["tts_params"]["num_questions"] == 2
+    assert record["tts_params"]["score"] == "logprob"
+    assert len(record["candidates"]) == 8
+    assert {candidate["perturbation"] for candidate in record["candidates"]} == {0, 1}
+    assert {candidate["question_index"] for candidate in record["candidates"]} == {0, 1}
+    assert all(candidate["score"] is not None for candidate in record["candidates"])
+
+
+def test_invalid_strategy_option(registry, checkpoint):
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
+                    "--checkpoint", checkpoint, "--ttss", "best-of-n", "--score", "dice")
+    assert result.exit_code == 2
+    assert "dice" in result.output
