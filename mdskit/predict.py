@@ -288,12 +288,23 @@ def write_case_outputs(folder: Path, source: InputImage, prediction: Prediction,
     return files
 
 
+def prepare_out_folder(out: Path) -> None:
+    """Create the output folder, or raise MdskitError when it is a file or cannot be created."""
+    if out.exists() and not out.is_dir():
+        raise MdskitError(f"--out {out} is a file, not a folder; pass a folder path (it is created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MdskitError(f"--out folder {out} could not be created ({error.strerror}); pass a folder in a "
+                          "writable location.") from error
+
+
 def predict_files(settings: PredictSettings, workspace: Workspace | None = None,
                   on_case: Callable[[CasePrediction], None] | None = None) -> list[CasePrediction]:
     """Predict every file of ``settings.images`` and write the outputs when ``settings.out`` is set.
 
-    Every input is read before the model loads, so a bad file fails before
-    any compute. A case's ``seconds`` covers reading and predicting it, not
+    Every input is read and the output folder checked before the model
+    loads, so a bad file or ``--out`` fails before any compute. A case's ``seconds`` covers reading and predicting it, not
     loading the model or writing the outputs.
     """
     check_question(settings.question)
@@ -303,6 +314,8 @@ def predict_files(settings: PredictSettings, workspace: Workspace | None = None,
         source = read_input_image(path, window=settings.window, frame=settings.frame, axis=settings.axis,
                                   slice_index=settings.slice_index)
         sources.append((source, time.perf_counter() - started))
+    if settings.out is not None:
+        prepare_out_folder(settings.out)
     predictor = Predictor(settings, workspace)
     description = predictor.describe()
     cases, used_names = [], set()

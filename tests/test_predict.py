@@ -363,3 +363,17 @@ def test_invalid_strategy_option(registry, checkpoint):
                     "--checkpoint", checkpoint, "--ttss", "best-of-n", "--score", "dice")
     assert result.exit_code == 2
     assert "dice" in result.output
+
+
+def test_out_is_a_file(registry, tmp_path, monkeypatch):
+    import mdskit.predict
+
+    def fail_to_load(*arguments, **options):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(mdskit.predict, "Predictor", fail_to_load)
+    target = tmp_path / "afile"
+    target.write_text("not a folder", encoding="utf-8")
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
+                    "--out", target)
+    assert_user_error(result, f"--out {target} is a file, not a folder")
