@@ -64,8 +64,11 @@ def _workspace(context: click.Context):
 
 
 @contextmanager
-def _user_errors(out: Path | None = None):
-    """Turn input errors and interrupts into one message and an exit status."""
+def _user_errors(out: Path | None = None, kept: str = "saved checkpoints and predicted samples"):
+    """Turn input errors and interrupts into one message and an exit status.
+
+    ``kept`` names what an interrupted command leaves in ``out``.
+    """
     try:
         yield
     except MdskitError as error:
@@ -78,9 +81,8 @@ def _user_errors(out: Path | None = None):
                       soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        kept = (f"; saved checkpoints and predicted samples are kept in {out}, rerun the same command to resume"
-                if out else "")
-        console.print(f"[yellow]Interrupted{kept}.[/]")
+        note = f"; {kept} are kept in {out}, rerun the same command to resume" if out else ""
+        console.print(f"[yellow]Interrupted{escape(note)}.[/]", highlight=False, soft_wrap=True)
         sys.exit(130)
 
 
@@ -228,7 +230,8 @@ def predict(context, method, images, question, checkpoint, ttss, out, window, fr
 
     from .predict import PredictSettings, predict_files
 
-    with _user_errors():
+    kept = "the folders of the images already predicted, with predictions.json and report.html for them,"
+    with _user_errors(out, kept):
         workspace = _workspace(context)
         _override_tts(workspace, ttss, num_perturbations=num_perturbations, num_questions=num_questions,
                       score=score)

@@ -11,6 +11,7 @@ also gets ``predictions.json`` (every record) and ``report.html``.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -85,10 +86,14 @@ class PredictSettings:
 
 @dataclass
 class CasePrediction:
-    """The prediction for one input file, with its record and output files."""
+    """The prediction for one input file, with its record and output files.
+
+    ``prediction`` is None for a case kept from an earlier call with the same
+    settings, whose record and files were read back from its folder.
+    """
 
     source: InputImage
-    prediction: Prediction
+    prediction: Prediction | None
     record: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -318,22 +323,70 @@ def predict_files(settings: PredictSettings, workspace: Workspace | None = None,
         prepare_out_folder(settings.out)
     predictor = Predictor(settings, workspace)
     description = predictor.describe()
-    cases, used_names = [], set()
-    for source, read_seconds in sources:
-        started = time.perf_counter()
-        prediction = predictor.predict_source(source)
-        seconds = read_seconds + time.perf_counter() - started
-        record = build_record(source, prediction, seconds, description)
-        case = CasePrediction(source, prediction, record)
-        if settings.out is not None:
-            folder = settings.out / case_folder_name(source, used_names)
-            case.files = write_case_outputs(folder, source, prediction, record, predictor.spec.name)
-        cases.append(case)
-        if on_case is not None:
-            on_case(case)
-    if settings.out is not None and cases:
-        write_json(settings.out / "predictions.json",
-                   {"predictions": [case.record for case in cases],
-                    "provenance": provenance(settings.seed, predictor.model.device)})
-        write_report(settings.out / "report.html", [(case.record, case.files) for case in cases])
+    cases: list[CasePrediction] = []
+    used_names: set[str] = set()
+    try:
+        for source, read_seconds in sources:
+            folder = None if settings.out is None else settings.out / case_folder_name(source, used_names)
+            case = None if folder is None else load_written_case(folder, source, predictor.question, description)
+            if case is None:
+                case = _predict_case(predictor, source, read_seconds, description, folder)
+            cases.append(case)
+            if on_case is not None:
+                on_case(case)
+    finally:
+        # An interrupted or failed batch still gets the summary of the cases done.
+        if settings.out is not None and cases:
+            write_summary(settings.out, cases, settings.seed, predictor)
     return cases
+
+
+def _predict_case(predictor: Predictor, source: InputImage, read_seconds: float, description: dict[str, Any],
+                  folder: Path | None) -> CasePrediction:
+    started = time.perf_counter()
+    prediction = predictor.predict_source(source)
+    seconds = read_seconds + time.perf_counter() - started
+    record = build_record(source, prediction, seconds, description)
+    case = CasePrediction(source, prediction, record)
+    if folder is not None:
+        case.files = write_case_outputs(folder, source, prediction, record, predictor.spec.name)
+    return case
+
+
+def load_written_case(folder: Path, source: InputImage, question: str,
+                      description: dict[str, Any]) -> CasePrediction | None:
+    """Return the case stored in ``folder`` by an earlier call with the same input and settings, else None.
+
+    The stored record must match the input's description, the question and
+    every method, checkpoint and strategy setting, and each output file it
+    lists must exist.
+    """
+    path = folder / "prediction.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        logger.warning("predicting %s again because %s does not read (%s)", source.path, path, error)
+        return None
+    expected = _as_json({"input": source.describe(), "question": question, **description})
+    if any(record.get(key) != value for key, value in expected.items()):
+        return None
+    files = {key: Path(value) for key, value in record.get("outputs", {}).items()}
+    if not files or not all(file.is_file() for file in files.values()):
+        return None
+    logger.info("keeping the prediction for %s from %s", source.path, path)
+    return CasePrediction(source, None, record, files)
+
+
+def _as_json(value: Any) -> Any:
+    """Return ``value`` as it reads back from the JSON that :func:`write_json` writes."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def write_summary(out: Path, cases: list[CasePrediction], seed: int, predictor: Predictor) -> None:
+    """Write ``predictions.json`` (every record and the provenance) and ``report.html`` for the cases done."""
+    write_json(out / "predictions.json",
+               {"predictions": [case.record for case in cases],
+                "provenance": provenance(seed, predictor.model.device)})
+    write_report(out / "report.html", [(case.record, case.files) for case in cases])

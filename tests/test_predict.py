@@ -377,3 +377,46 @@ def test_out_is_a_file(registry, tmp_path, monkeypatch):
     result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
                     "--out", target)
     assert_user_error(result, f"--out {target} is a file, not a folder")
+
+
+def test_interrupt_keeps_cases_and_resumes(registry, checkpoint, tmp_path, monkeypatch):
+    from mdskit.predict import Predictor
+
+    predict_source = Predictor.predict_source
+    predicted = []
+
+    def interrupt_second(self, source):
+        if predicted:
+            raise KeyboardInterrupt
+        predicted.append(source.path.name)
+        return predict_source(self, source)
+
+    out = tmp_path / "out"
+    images = [dicom_file("MR_small.dcm"), dicom_file("CT_small.dcm")]
+    arguments = ["predict", "tiny-sim4seg", *images, "--question", QUESTION, "--checkpoint", checkpoint,
+                 "--out", out]
+    monkeypatch.setattr(Predictor, "predict_source", interrupt_second)
+    interrupted = invoke(registry, *arguments)
+    assert interrupted.exit_code == 130, interrupted.output
+    assert f"kept in {out}" in " ".join(interrupted.output.split())
+    assert (out / "MR_small" / "prediction.json").is_file()
+    summary = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
+    assert [record["input"]["path"] for record in summary["predictions"]] == [str(images[0])]
+    assert (out / "report.html").is_file()
+
+    def record_calls(self, source):
+        predicted.append(source.path.name)
+        return predict_source(self, source)
+
+    predicted.clear()
+    monkeypatch.setattr(Predictor, "predict_source", record_calls)
+    resumed = invoke(registry, *arguments)
+    assert resumed.exit_code == 0, resumed.output
+    assert predicted == ["CT_small.dcm"]
+    summary = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
+    assert len(summary["predictions"]) == 2
+
+    predicted.clear()
+    changed = invoke(registry, *arguments, "--seed", 1)
+    assert changed.exit_code == 0, changed.output
+    assert predicted == ["MR_small.dcm", "CT_small.dcm"]
