@@ -110,6 +110,9 @@ def resolve_checkpoint(method: str, checkpoint: Path | None) -> Path:
            f"'mdskit train' or 'mdskit run'")
     if checkpoint is not None:
         folder = recover_folder(Path(checkpoint))
+        if folder.is_file():
+            raise CheckpointError(f"--checkpoint {folder} is a file, not a folder; pass the checkpoint folder "
+                                  f"(OUT/checkpoint of 'mdskit train' or 'mdskit run'), or {instructions}.")
         if not folder.is_dir():
             raise CheckpointError(f"checkpoint folder {folder} not found; {instructions}.")
         read_record(folder)

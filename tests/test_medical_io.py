@@ -292,8 +292,15 @@ def test_corrupt_png(dataset_folder, tmp_path):
     png = first_png(dataset_folder("busi") / "benign")
     broken = tmp_path / "broken.png"
     broken.write_bytes(png.read_bytes()[:500])
-    with pytest.raises(DataError, match="broken.png could not be decoded"):
+    with pytest.raises(DataError, match="broken.png could not be decoded") as error:
         read_input_image(broken)
+    assert "corrupt or truncated" in str(error.value)
+    assert "public release" not in str(error.value)
+
+
+def test_folder_as_input(tmp_path):
+    with pytest.raises(DataError, match="is a folder, but an image file is expected"):
+        read_input_image(tmp_path)
 
 
 def test_heat_colours_span_ramp():

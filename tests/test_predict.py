@@ -314,7 +314,30 @@ def test_corrupt_image(registry, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     result = invoke(registry, "predict", "tiny-sim4seg", broken, "--question", QUESTION)
-    assert_user_error(result, f"{broken} could not be decoded")
+    assert_user_error(result, f"{broken} could not be decoded", "corrupt or truncated", "re-export")
+    assert "public release" not in result.output
+
+
+def test_truncated_png(registry, tmp_path):
+    whole = tmp_path / "whole.png"
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint32).reshape(64, 64).astype(np.uint8)).save(whole)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(whole.read_bytes()[:-40])
+    result = invoke(registry, "predict", "tiny-sim4seg", truncated, "--question", QUESTION)
+    assert_user_error(result, f"{truncated} could not be decoded", "corrupt or truncated")
+
+
+def test_image_is_a_folder(registry, tmp_path):
+    result = invoke(registry, "predict", "tiny-sim4seg", tmp_path, "--question", QUESTION)
+    assert_user_error(result, f"input image {tmp_path} is a folder")
+    assert "not found" not in result.output
+
+
+def test_checkpoint_is_a_file(registry, tmp_path):
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(image)
+    result = invoke(registry, "predict", "tiny-sim4seg", image, "--question", QUESTION, "--checkpoint", image)
+    assert_user_error(result, f"--checkpoint {image} is a file, not a folder")
 
 
 def test_invalid_window(registry):
