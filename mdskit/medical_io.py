@@ -116,11 +116,26 @@ def read_input_image(path: str | Path, window: tuple[float, float] | None = None
     if not path.is_file():
         raise DataError(f"input image {path} not found; check the path.")
     kind = detect_format(path)
+    slice_options = {"--slice": slice_index, "--axis": None if axis == 2 else axis}
     if kind == "dicom":
+        _warn_ignored(path, "a DICOM file", slice_options)
         return read_dicom(path, window=window, frame=frame)
     if kind == "nifti":
         return read_nifti(path, window=window, volume=frame, axis=axis, slice_index=slice_index)
+    _warn_ignored(path, "a 2-D image", {"--frame": frame, **slice_options, "--window": window})
     return InputImage(path, "raster", _read_raster(path), {"mapping": "8-bit RGB as stored"})
+
+
+def _warn_ignored(path: Path, kind: str, options: dict[str, Any]) -> None:
+    """Log a warning for each option that was given but does not apply to ``path``."""
+    for option, value in options.items():
+        if value is not None:
+            logger.warning("%s is ignored for %s, which is %s; it applies to %s", option, path, kind,
+                           _OPTION_SCOPE[option])
+
+
+_OPTION_SCOPE = {"--frame": "multi-frame DICOM files and 4-D NIfTI files", "--slice": "NIfTI files",
+                 "--axis": "NIfTI files", "--window": "DICOM and NIfTI files"}
 
 
 def _read_raster(path: Path) -> np.ndarray:
