@@ -64,10 +64,10 @@ def _workspace(context: click.Context):
 
 
 @contextmanager
-def _user_errors(out: Path | None = None, kept: str = "saved checkpoints and predicted samples"):
+def _user_errors(out: Path | None = None, kept_outputs: str = "saved checkpoints and predicted samples"):
     """Turn input errors and interrupts into one message and an exit status.
 
-    ``kept`` names what an interrupted command leaves in ``out``.
+    ``kept_outputs`` names what an interrupted command leaves in ``out``.
     """
     try:
         yield
@@ -81,7 +81,7 @@ def _user_errors(out: Path | None = None, kept: str = "saved checkpoints and pre
                       soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        note = f"; {kept} are kept in {out}, rerun the same command to resume" if out else ""
+        note = f"; {kept_outputs} are kept in {out}, rerun the same command to resume" if out else ""
         console.print(f"[yellow]Interrupted{escape(note)}.[/]", highlight=False, soft_wrap=True)
         sys.exit(130)
 
@@ -230,8 +230,8 @@ def predict(context, method, images, question, checkpoint, ttss, out, window, fr
 
     from .predict import PredictSettings, predict_files
 
-    kept = "the folders of the images already predicted, with predictions.json and report.html for them,"
-    with _user_errors(out, kept):
+    kept_outputs = "the folders of the images already predicted, with predictions.json and report.html for them,"
+    with _user_errors(out, kept_outputs):
         workspace = _workspace(context)
         _override_tts(workspace, ttss, num_perturbations=num_perturbations, num_questions=num_questions,
                       score=score)

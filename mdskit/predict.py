@@ -111,8 +111,7 @@ def resolve_checkpoint(method: str, checkpoint: Path | None) -> Path:
     if checkpoint is not None:
         folder = recover_folder(Path(checkpoint))
         if folder.is_file():
-            raise CheckpointError(f"--checkpoint {folder} is a file, not a folder; pass the checkpoint folder "
-                                  f"(OUT/checkpoint of 'mdskit train' or 'mdskit run'), or {instructions}.")
+            raise CheckpointError(f"--checkpoint {folder} is a file, not a folder; {instructions}.")
         if not folder.is_dir():
             raise CheckpointError(f"checkpoint folder {folder} not found; {instructions}.")
         read_record(folder)
