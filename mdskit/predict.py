@@ -311,8 +311,10 @@ def predict_files(settings: PredictSettings, workspace: Workspace | None = None,
     """Predict every file of ``settings.images`` and write the outputs when ``settings.out`` is set.
 
     Every input is read and the output folder checked before the model
-    loads, so a bad file or ``--out`` fails before any compute. A case's ``seconds`` covers reading and predicting it, not
-    loading the model or writing the outputs.
+    loads, so a bad file or ``--out`` fails before any compute. A case's
+    ``seconds`` covers reading and predicting it, not loading the model or
+    writing the outputs. A case already written to ``settings.out`` with
+    the same settings is read back instead of predicted again.
     """
     check_question(settings.question)
     sources = []
