@@ -9,6 +9,7 @@ says where its results were kept.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -63,8 +64,11 @@ def _workspace(context: click.Context):
 
 
 @contextmanager
-def _user_errors(out: Path | None = None):
-    """Turn input errors and interrupts into one message and an exit status."""
+def _user_errors(out: Path | None = None, kept_outputs: str = "saved checkpoints and predicted samples"):
+    """Turn input errors and interrupts into one message and an exit status.
+
+    ``kept_outputs`` names what an interrupted command leaves in ``out``.
+    """
     try:
         yield
     except MdskitError as error:
@@ -77,9 +81,8 @@ def _user_errors(out: Path | None = None):
                       soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        kept = (f"; saved checkpoints and predicted samples are kept in {out}, rerun the same command to resume"
-                if out else "")
-        console.print(f"[yellow]Interrupted{kept}.[/]")
+        note = f"; {kept_outputs} are kept in {out}, rerun the same command to resume" if out else ""
+        console.print(f"[yellow]Interrupted{escape(note)}.[/]", highlight=False, soft_wrap=True)
         sys.exit(130)
 
 
@@ -178,6 +181,9 @@ def _parse_window(context, parameter, value: str | None) -> tuple[float, float] 
         centre, width = (float(part) for part in value.split(","))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not CENTRE,WIDTH; write for example --window 40,400.") from None
+    if not (math.isfinite(centre) and math.isfinite(width)):
+        raise click.BadParameter(f"{value!r} has a non-finite centre or width; give finite numbers, for example "
+                                 "--window 40,400.")
     if width < 1:
         raise click.BadParameter(f"width {width:g} is below 1; give a positive window width.")
     return centre, width
@@ -205,11 +211,17 @@ def _parse_window(context, parameter, value: str | None) -> tuple[float, float] 
                                "(default: every registered dataset's labels).")
 @click.option("--paths", "num_paths", type=int, help="Sampled paths per request (m) for the strategy.")
 @click.option("--temperature", type=float, help="Sampling temperature for the strategy.")
+@click.option("--perturbations", "num_perturbations", type=int,
+              help="Region prompts per path (n), 1 to 16: the RVLS2M prompt and n - 1 perturbed versions.")
+@click.option("--questions", "num_questions", type=int,
+              help="Phrasings of the clinical question per request, 1 to 8.")
+@click.option("--score", type=str,
+              help="Ground-truth-free score of best-of-n: predicted-iou, logprob or agreement.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled paths.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON instead of text.")
 @click.pass_context
 def predict(context, method, images, question, checkpoint, ttss, out, window, frame, axis, slice_index, labels,
-            num_paths, temperature, seed, as_json):
+            num_paths, temperature, num_perturbations, num_questions, score, seed, as_json):
     """Predict a chain of thought, diagnosis and mask with METHOD for each image file.
 
     IMAGES may be PNG, JPEG, BMP, TIFF, DICOM or NIfTI files.
@@ -218,8 +230,11 @@ def predict(context, method, images, question, checkpoint, ttss, out, window, fr
 
     from .predict import PredictSettings, predict_files
 
-    with _user_errors():
+    kept_outputs = "the folders of the images already predicted, with predictions.json and report.html for them,"
+    with _user_errors(out, kept_outputs):
         workspace = _workspace(context)
+        _override_tts(workspace, ttss, num_perturbations=num_perturbations, num_questions=num_questions,
+                      score=score)
         label_set = tuple(label.strip() for label in labels.split(",") if label.strip()) if labels else None
         settings = PredictSettings(method=method, images=list(images), question=question, checkpoint=checkpoint,
                                    ttss=ttss, out=out, window=window, frame=frame, axis=axis,

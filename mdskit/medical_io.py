@@ -110,14 +110,43 @@ def read_input_image(path: str | Path, window: tuple[float, float] | None = None
             slice choice that was not given.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"input image {path} is a folder, but an image file is expected (PNG, JPEG, BMP, "
+                        f"TIFF, DICOM or NIfTI); pass the files inside it, for example {path}/*.dcm.")
     if not path.is_file():
         raise DataError(f"input image {path} not found; check the path.")
     kind = detect_format(path)
+    slice_options = {"--slice": slice_index, "--axis": None if axis == 2 else axis}
     if kind == "dicom":
+        _warn_ignored(path, "a DICOM file", slice_options)
         return read_dicom(path, window=window, frame=frame)
     if kind == "nifti":
         return read_nifti(path, window=window, volume=frame, axis=axis, slice_index=slice_index)
-    return InputImage(path, "raster", read_image(path), {"mapping": "8-bit RGB as stored"})
+    _warn_ignored(path, "a 2-D image", {"--frame": frame, **slice_options, "--window": window})
+    return InputImage(path, "raster", _read_raster(path), {"mapping": "8-bit RGB as stored"})
+
+
+def _warn_ignored(path: Path, kind: str, options: dict[str, Any]) -> None:
+    """Log a warning for each option that was given but does not apply to ``path``."""
+    for option, value in options.items():
+        if value is not None:
+            logger.warning("%s is ignored for %s, which is %s; it applies to %s", option, path, kind,
+                           _OPTION_SCOPE[option])
+
+
+_OPTION_SCOPE = {"--frame": "multi-frame DICOM files and 4-D NIfTI files", "--slice": "NIfTI files",
+                 "--axis": "NIfTI files", "--window": "DICOM and NIfTI files"}
+
+
+def _read_raster(path: Path) -> np.ndarray:
+    """Read a raster file that exists, with a decode error that fits a user's own file."""
+    try:
+        return read_image(path)
+    except DataError as error:
+        cause = error.__cause__
+        detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+        raise DataError(f"image file {path} could not be decoded{detail}; the file is corrupt or truncated, "
+                        "so re-export it or copy it again.") from cause
 
 
 # DICOM ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ also gets ``predictions.json`` (every record) and ``report.html``.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -26,13 +27,14 @@ from .build import build_model, build_tts
 from .checkpoint import read_record, recover_folder
 from .cot import DIAGNOSIS_MARKER
 from .errors import CheckpointError, MdskitError
-from .evaluation import Prediction, predict
+from .evaluation import Prediction, _candidate_record, predict
 from .medical_io import (DICOM_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES, InputImage, read_input_image,
                          write_native_mask)
 from .outputs import HEAT_ALPHA, heat_overlay, normalised, overlay, provenance, save_png, write_json
 from .report import write_report
 from .runs import Workspace
 from .sample import MdsSample
+from .tts import candidate_masks, mean_agreement
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +86,14 @@ class PredictSettings:
 
 @dataclass
 class CasePrediction:
-    """The prediction for one input file, with its record and output files."""
+    """The prediction for one input file, with its record and output files.
+
+    ``prediction`` is None for a case kept from an earlier call with the same
+    settings, whose record and files were read back from its folder.
+    """
 
     source: InputImage
-    prediction: Prediction
+    prediction: Prediction | None
     record: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -104,6 +110,8 @@ def resolve_checkpoint(method: str, checkpoint: Path | None) -> Path:
            f"'mdskit train' or 'mdskit run'")
     if checkpoint is not None:
         folder = recover_folder(Path(checkpoint))
+        if folder.is_file():
+            raise CheckpointError(f"--checkpoint {folder} is a file, not a folder; {instructions}.")
         if not folder.is_dir():
             raise CheckpointError(f"checkpoint folder {folder} not found; {instructions}.")
         read_record(folder)
@@ -161,7 +169,7 @@ class Predictor:
         """Return the method, checkpoint and strategy part of every record."""
         return {"method": self.spec.name, "prompt_module": self.spec.prompt.type if self.spec.prompt else None,
                 "checkpoint": str(self.checkpoint), "checkpoint_step": self.step, "ttss": self.settings.ttss,
-                "tts_params": {"num_paths": self.strategy.num_paths, "temperature": self.strategy.temperature},
+                "tts_params": self.strategy.params(),
                 "labels": list(self.labels), "seed": self.settings.seed}
 
 
@@ -213,14 +221,20 @@ def build_record(source: InputImage, prediction: Prediction, seconds: float,
         "similarity_map": _similarity_note(prediction, predictor_description.get("prompt_module")),
         "agreement": _agreement_summary(prediction),
         "seconds": round(seconds, 3),
-        "candidates": [
-            {"path": candidate.path_index, "text": candidate.text, "diagnosis": candidate.diagnosis,
-             "seg_found": candidate.seg_found, "mean_logprob": round(candidate.mean_logprob, 4),
-             "iou_score": round(candidate.iou_score, 4), "mask_area": int((candidate.mask_logits > 0).sum())}
-            for candidate in prediction.candidates
-        ],
+        "candidates": candidate_records(prediction),
     }
     return record
+
+
+def candidate_records(prediction: Prediction) -> list[dict[str, Any]]:
+    """Build the candidate records of one prediction, as ``mdskit run`` writes them to ``predictions.jsonl``."""
+    ordered = sorted(prediction.candidates, key=lambda candidate: candidate.path_index)
+    agreement = mean_agreement(candidate_masks(ordered)) if ordered else []
+    scores = prediction.selection.scores or {}
+    chosen = set(prediction.selection.chosen)
+    return [_candidate_record(candidate, agreement[position], scores.get(candidate.path_index),
+                              candidate.path_index in chosen)
+            for position, candidate in enumerate(ordered)]
 
 
 def _similarity_note(prediction: Prediction, prompt_module: str | None) -> dict[str, Any]:
@@ -281,13 +295,26 @@ def write_case_outputs(folder: Path, source: InputImage, prediction: Prediction,
     return files
 
 
+def prepare_out_folder(out: Path) -> None:
+    """Create the output folder, or raise MdskitError when it is a file or cannot be created."""
+    if out.exists() and not out.is_dir():
+        raise MdskitError(f"--out {out} is a file, not a folder; pass a folder path (it is created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MdskitError(f"--out folder {out} could not be created ({error.strerror}); pass a folder in a "
+                          "writable location.") from error
+
+
 def predict_files(settings: PredictSettings, workspace: Workspace | None = None,
                   on_case: Callable[[CasePrediction], None] | None = None) -> list[CasePrediction]:
     """Predict every file of ``settings.images`` and write the outputs when ``settings.out`` is set.
 
-    Every input is read before the model loads, so a bad file fails before
-    any compute. A case's ``seconds`` covers reading and predicting it, not
-    loading the model or writing the outputs.
+    Every input is read and the output folder checked before the model
+    loads, so a bad file or ``--out`` fails before any compute. A case's
+    ``seconds`` covers reading and predicting it, not loading the model or
+    writing the outputs. A case already written to ``settings.out`` with
+    the same settings is read back instead of predicted again.
     """
     check_question(settings.question)
     sources = []
@@ -296,24 +323,74 @@ def predict_files(settings: PredictSettings, workspace: Workspace | None = None,
         source = read_input_image(path, window=settings.window, frame=settings.frame, axis=settings.axis,
                                   slice_index=settings.slice_index)
         sources.append((source, time.perf_counter() - started))
+    if settings.out is not None:
+        prepare_out_folder(settings.out)
     predictor = Predictor(settings, workspace)
     description = predictor.describe()
-    cases, used_names = [], set()
-    for source, read_seconds in sources:
-        started = time.perf_counter()
-        prediction = predictor.predict_source(source)
-        seconds = read_seconds + time.perf_counter() - started
-        record = build_record(source, prediction, seconds, description)
-        case = CasePrediction(source, prediction, record)
-        if settings.out is not None:
-            folder = settings.out / case_folder_name(source, used_names)
-            case.files = write_case_outputs(folder, source, prediction, record, predictor.spec.name)
-        cases.append(case)
-        if on_case is not None:
-            on_case(case)
-    if settings.out is not None and cases:
-        write_json(settings.out / "predictions.json",
-                   {"predictions": [case.record for case in cases],
-                    "provenance": provenance(settings.seed, predictor.model.device)})
-        write_report(settings.out / "report.html", [(case.record, case.files) for case in cases])
+    cases: list[CasePrediction] = []
+    used_names: set[str] = set()
+    try:
+        for source, read_seconds in sources:
+            folder = None if settings.out is None else settings.out / case_folder_name(source, used_names)
+            case = None if folder is None else load_written_case(folder, source, predictor.question, description)
+            if case is None:
+                case = _predict_case(predictor, source, read_seconds, description, folder)
+            cases.append(case)
+            if on_case is not None:
+                on_case(case)
+    finally:
+        # An interrupted or failed batch still gets the summary of the cases done.
+        if settings.out is not None and cases:
+            write_summary(settings.out, cases, settings.seed, predictor)
     return cases
+
+
+def _predict_case(predictor: Predictor, source: InputImage, read_seconds: float, description: dict[str, Any],
+                  folder: Path | None) -> CasePrediction:
+    started = time.perf_counter()
+    prediction = predictor.predict_source(source)
+    seconds = read_seconds + time.perf_counter() - started
+    record = build_record(source, prediction, seconds, description)
+    case = CasePrediction(source, prediction, record)
+    if folder is not None:
+        case.files = write_case_outputs(folder, source, prediction, record, predictor.spec.name)
+    return case
+
+
+def load_written_case(folder: Path, source: InputImage, question: str,
+                      description: dict[str, Any]) -> CasePrediction | None:
+    """Return the case stored in ``folder`` by an earlier call with the same input and settings, else None.
+
+    The stored record must match the input's description, the question and
+    every method, checkpoint and strategy setting, and each output file it
+    lists must exist.
+    """
+    path = folder / "prediction.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        logger.warning("predicting %s again because %s does not read (%s)", source.path, path, error)
+        return None
+    expected = _as_json({"input": source.describe(), "question": question, **description})
+    if any(record.get(key) != value for key, value in expected.items()):
+        return None
+    files = {key: Path(value) for key, value in record.get("outputs", {}).items()}
+    if not files or not all(file.is_file() for file in files.values()):
+        return None
+    logger.info("keeping the prediction for %s from %s", source.path, path)
+    return CasePrediction(source, None, record, files)
+
+
+def _as_json(value: Any) -> Any:
+    """Return ``value`` as it reads back from the JSON that :func:`write_json` writes."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def write_summary(out: Path, cases: list[CasePrediction], seed: int, predictor: Predictor) -> None:
+    """Write ``predictions.json`` (every record and the provenance) and ``report.html`` for the cases done."""
+    write_json(out / "predictions.json",
+               {"predictions": [case.record for case in cases],
+                "provenance": provenance(seed, predictor.model.device)})
+    write_report(out / "report.html", [(case.record, case.files) for case in cases])

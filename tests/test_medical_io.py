@@ -6,6 +6,7 @@ ship with their wheels; raster files come from the real datasets.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -292,8 +293,15 @@ def test_corrupt_png(dataset_folder, tmp_path):
     png = first_png(dataset_folder("busi") / "benign")
     broken = tmp_path / "broken.png"
     broken.write_bytes(png.read_bytes()[:500])
-    with pytest.raises(DataError, match="broken.png could not be decoded"):
+    with pytest.raises(DataError, match="broken.png could not be decoded") as error:
         read_input_image(broken)
+    assert "corrupt or truncated" in str(error.value)
+    assert "public release" not in str(error.value)
+
+
+def test_folder_as_input(tmp_path):
+    with pytest.raises(DataError, match="is a folder, but an image file is expected"):
+        read_input_image(tmp_path)
 
 
 def test_heat_colours_span_ramp():
@@ -312,3 +320,29 @@ def test_heat_overlay_leaves_transparent_pixels():
     assert blended[0, 1].tolist() != [100, 100, 100]
     assert normalised(np.array([3.0, 5.0])).tolist() == [0.0, 1.0]
     assert normalised(np.array([2.0, 2.0])).tolist() == [0.0, 0.0]
+
+
+def test_options_ignored_for_raster(tmp_path, caplog):
+    path = tmp_path / "image.png"
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(path)
+    with caplog.at_level(logging.WARNING, logger="mdskit.medical_io"):
+        read_input_image(path, frame=1, axis=0, slice_index=3)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(message.startswith("--frame is ignored for") and str(path) in message for message in messages)
+    assert any(message.startswith("--slice is ignored for") for message in messages)
+    assert any(message.startswith("--axis is ignored for") for message in messages)
+
+
+def test_slice_ignored_for_dicom(caplog):
+    path = get_testdata_file("MR_small.dcm")
+    with caplog.at_level(logging.WARNING, logger="mdskit.medical_io"):
+        read_input_image(path, slice_index=2)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [f"--slice is ignored for {path}, which is a DICOM file; it applies to NIfTI files"]
+
+
+def test_no_warning_for_applicable_options(caplog):
+    path = get_testdata_file("MR_small.dcm")
+    with caplog.at_level(logging.WARNING, logger="mdskit.medical_io"):
+        read_input_image(path, frame=0, window=(40.0, 400.0))
+    assert caplog.records == []

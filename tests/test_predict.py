@@ -164,6 +164,7 @@ def test_batch_record_contents(batch):
         assert record["ttss"] == "self-consistency"
         assert record["tts_params"]["num_paths"] == 2
         assert len(record["candidates"]) == 2
+        assert record["tts_params"]["temperature"] == 1.0
         assert record["similarity_map"]["available"] is True
         assert record["agreement"]["fused_paths"] == 2
         assert record["seconds"] > 0
@@ -313,7 +314,30 @@ def test_corrupt_image(registry, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     result = invoke(registry, "predict", "tiny-sim4seg", broken, "--question", QUESTION)
-    assert_user_error(result, f"{broken} could not be decoded")
+    assert_user_error(result, f"{broken} could not be decoded", "corrupt or truncated", "re-export")
+    assert "public release" not in result.output
+
+
+def test_truncated_png(registry, tmp_path):
+    whole = tmp_path / "whole.png"
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint32).reshape(64, 64).astype(np.uint8)).save(whole)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(whole.read_bytes()[:-40])
+    result = invoke(registry, "predict", "tiny-sim4seg", truncated, "--question", QUESTION)
+    assert_user_error(result, f"{truncated} could not be decoded", "corrupt or truncated")
+
+
+def test_image_is_a_folder(registry, tmp_path):
+    result = invoke(registry, "predict", "tiny-sim4seg", tmp_path, "--question", QUESTION)
+    assert_user_error(result, f"input image {tmp_path} is a folder")
+    assert "not found" not in result.output
+
+
+def test_checkpoint_is_a_file(registry, tmp_path):
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(image)
+    result = invoke(registry, "predict", "tiny-sim4seg", image, "--question", QUESTION, "--checkpoint", image)
+    assert_user_error(result, f"--checkpoint {image} is a file, not a folder")
 
 
 def test_invalid_window(registry):
@@ -321,3 +345,101 @@ def test_invalid_window(registry):
                     "--window", "40")
     assert result.exit_code == 2
     assert "CENTRE,WIDTH" in result.output
+
+
+@pytest.mark.parametrize("window", ["nan,400", "40,inf", "-inf,400"])
+def test_non_finite_window(registry, window):
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
+                    "--window", window)
+    assert result.exit_code == 2
+    assert "non-finite" in result.output
+    assert window in result.output
+
+
+def test_batch_candidate_selection_fields(batch):
+    _, _, _, records = batch
+    for record in records.values():
+        for candidate in record["candidates"]:
+            for key in ("score", "chosen", "perturbation", "question_index", "agreement", "sampled_path", "bbox"):
+                assert key in candidate, key
+        chosen = [candidate["path"] for candidate in record["candidates"] if candidate["chosen"]]
+        assert chosen == sorted(record["chosen"])
+
+
+def test_strategy_options_reach_records(registry, checkpoint):
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
+                    "--checkpoint", checkpoint, "--ttss", "best-of-n", "--paths", 2, "--temperature", 1.0,
+                    "--perturbations", 2, "--questions", 2, "--score", "logprob", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)[0]
+    assert record["tts_params"]["num_perturbations"] == 2
+    assert record["tts_params"]["num_questions"] == 2
+    assert record["tts_params"]["score"] == "logprob"
+    assert len(record["candidates"]) == 8
+    assert {candidate["perturbation"] for candidate in record["candidates"]} == {0, 1}
+    assert {candidate["question_index"] for candidate in record["candidates"]} == {0, 1}
+    assert all(candidate["score"] is not None for candidate in record["candidates"])
+
+
+def test_invalid_strategy_option(registry, checkpoint):
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
+                    "--checkpoint", checkpoint, "--ttss", "best-of-n", "--score", "dice")
+    assert result.exit_code == 2
+    assert "dice" in result.output
+
+
+def test_out_is_a_file(registry, tmp_path, monkeypatch):
+    import mdskit.predict
+
+    def fail_to_load(*arguments, **options):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(mdskit.predict, "Predictor", fail_to_load)
+    target = tmp_path / "afile"
+    target.write_text("not a folder", encoding="utf-8")
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
+                    "--out", target)
+    assert_user_error(result, f"--out {target} is a file, not a folder")
+
+
+def test_interrupt_keeps_cases_and_resumes(registry, checkpoint, tmp_path, monkeypatch):
+    from mdskit.predict import Predictor
+
+    predict_source = Predictor.predict_source
+    predicted = []
+
+    def interrupt_second(self, source):
+        if predicted:
+            raise KeyboardInterrupt
+        predicted.append(source.path.name)
+        return predict_source(self, source)
+
+    out = tmp_path / "out"
+    images = [dicom_file("MR_small.dcm"), dicom_file("CT_small.dcm")]
+    arguments = ["predict", "tiny-sim4seg", *images, "--question", QUESTION, "--checkpoint", checkpoint,
+                 "--out", out]
+    monkeypatch.setattr(Predictor, "predict_source", interrupt_second)
+    interrupted = invoke(registry, *arguments)
+    assert interrupted.exit_code == 130, interrupted.output
+    assert f"kept in {out}" in " ".join(interrupted.output.split())
+    assert (out / "MR_small" / "prediction.json").is_file()
+    summary = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
+    assert [record["input"]["path"] for record in summary["predictions"]] == [str(images[0])]
+    assert (out / "report.html").is_file()
+
+    def record_calls(self, source):
+        predicted.append(source.path.name)
+        return predict_source(self, source)
+
+    predicted.clear()
+    monkeypatch.setattr(Predictor, "predict_source", record_calls)
+    resumed = invoke(registry, *arguments)
+    assert resumed.exit_code == 0, resumed.output
+    assert predicted == ["CT_small.dcm"]
+    summary = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
+    assert len(summary["predictions"]) == 2
+
+    predicted.clear()
+    changed = invoke(registry, *arguments, "--seed", 1)
+    assert changed.exit_code == 0, changed.output
+    assert predicted == ["MR_small.dcm", "CT_small.dcm"]
