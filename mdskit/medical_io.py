@@ -11,6 +11,7 @@ instance and frame, or a NIfTI label map with the input's shape and affine.
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 import zlib
@@ -316,7 +317,7 @@ def write_dicom_seg(path: Path, source: InputImage, mask: np.ndarray, method: st
         segmented_property_type=codes.SCT.Lesion,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
     segmentation = hd.seg.Segmentation(
-        source_images=[dataset], pixel_array=pixel_array if frames > 1 else pixel_array[0],
+        source_images=[_with_type2_attributes(dataset)], pixel_array=pixel_array if frames > 1 else pixel_array[0],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
         series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer="mdskit", manufacturer_model_name=method, software_versions=__version__,
@@ -326,6 +327,24 @@ def write_dicom_seg(path: Path, source: InputImage, mask: np.ndarray, method: st
     segmentation.save_as(temporary)
     temporary.replace(path)
     return path
+
+
+# Patient and study attributes of DICOM type 2 (required, but may be empty)
+# that highdicom copies into a Segmentation. Some exported or anonymised
+# files omit them, which highdicom rejects with an AttributeError.
+TYPE2_SOURCE_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                           "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _with_type2_attributes(dataset):
+    """Return ``dataset``, or a copy with missing type-2 patient and study attributes set empty."""
+    missing = [keyword for keyword in TYPE2_SOURCE_ATTRIBUTES if keyword not in dataset]
+    if not missing:
+        return dataset
+    completed = copy.deepcopy(dataset)
+    for keyword in missing:
+        setattr(completed, keyword, "")
+    return completed
 
 
 # NIfTI ---------------------------------------------------------------------------------------------

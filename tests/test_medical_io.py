@@ -168,6 +168,25 @@ def test_dicom_seg_references_source(tmp_path):
     assert np.array_equal(segmentation.pixel_array.astype(bool), mask)
 
 
+def test_dicom_seg_without_patient_attributes(tmp_path):
+    """A source that omits type-2 patient and study attributes still gets a Segmentation."""
+    original = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    for keyword in ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "AccessionNumber"):
+        if keyword in original:
+            delattr(original, keyword)
+    stripped = tmp_path / "stripped.dcm"
+    original.save_as(stripped)
+    source = read_input_image(stripped)
+    mask = np.zeros(source.image.shape[:2], dtype=bool)
+    mask[10:20, 10:20] = True
+    written = write_dicom_seg(tmp_path / "mask.seg.dcm", source, mask, "sim4seg")
+    segmentation = pydicom.dcmread(written)
+    referenced = segmentation.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == original.SOPInstanceUID
+    assert segmentation.PatientBirthDate == ""
+    assert "PatientBirthDate" not in source.dataset
+
+
 def test_dicom_seg_skipped_without_frame_of_reference(tmp_path):
     source = read_input_image(dicom_file("examples_ybr_color.dcm"), frame=0)
     mask = np.zeros(source.image.shape[:2], dtype=bool)
