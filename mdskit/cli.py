@@ -99,6 +99,25 @@ def _data_options(function):
     return function
 
 
+def _tts_options(function):
+    """Add the options that override the test-time scaling strategy's parameters."""
+    options = [
+        click.option("--paths", "num_paths", type=int,
+                     help="Sampled paths per request (m), 1 to 64; above 1 needs a temperature above 0."),
+        click.option("--temperature", type=float, help="Sampling temperature of the paths, a finite number above 0."),
+        click.option("--perturbations", "num_perturbations", type=int,
+                     help="Region prompts per path (n), 1 to 16: the RVLS2M prompt and n - 1 perturbed versions."),
+        click.option("--questions", "num_questions", type=int,
+                     help="Phrasings of the clinical question per request, 1 to 8."),
+        click.option("--score", type=str,
+                     help="Ground-truth-free score of best-of-n: predicted-iou, logprob or agreement."),
+    ]
+    # click lists options in decorator order, so apply them last to first.
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 @main.command()
 @click.argument("method")
 @click.option("--ttss", default="none", show_default=True,
@@ -110,15 +129,7 @@ def _data_options(function):
               help="Trained checkpoint folder; without it the method is trained first.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Output folder (default: runs/METHOD-TTSS); rerunning resumes it.")
-@click.option("--paths", "num_paths", type=int,
-              help="Sampled paths per request (m), 1 to 64; above 1 needs a temperature above 0.")
-@click.option("--temperature", type=float, help="Sampling temperature of the paths, a finite number above 0.")
-@click.option("--perturbations", "num_perturbations", type=int,
-              help="Region prompts per path (n), 1 to 16: the RVLS2M prompt and n - 1 perturbed versions.")
-@click.option("--questions", "num_questions", type=int,
-              help="Phrasings of the clinical question per request, 1 to 8.")
-@click.option("--score", type=str,
-              help="Ground-truth-free score of best-of-n: predicted-iou, logprob or agreement.")
+@_tts_options
 @_data_options
 @click.pass_context
 def run(context, method, ttss, checkpoint, out, num_paths, temperature, num_perturbations, num_questions, score,
@@ -209,14 +220,7 @@ def _parse_window(context, parameter, value: str | None) -> tuple[float, float] 
 @click.option("--slice", "slice_index", type=click.IntRange(min=0), help="NIfTI slice index along --axis, from 0.")
 @click.option("--labels", help="Comma-separated diagnoses to read the answer against "
                                "(default: every registered dataset's labels).")
-@click.option("--paths", "num_paths", type=int, help="Sampled paths per request (m) for the strategy.")
-@click.option("--temperature", type=float, help="Sampling temperature for the strategy.")
-@click.option("--perturbations", "num_perturbations", type=int,
-              help="Region prompts per path (n), 1 to 16: the RVLS2M prompt and n - 1 perturbed versions.")
-@click.option("--questions", "num_questions", type=int,
-              help="Phrasings of the clinical question per request, 1 to 8.")
-@click.option("--score", type=str,
-              help="Ground-truth-free score of best-of-n: predicted-iou, logprob or agreement.")
+@_tts_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled paths.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON instead of text.")
 @click.pass_context
