@@ -45,9 +45,12 @@ def test_similarity_box_surrounds_the_peak():
     prompts = SimilarityBox(threshold=0.7)(tokens, seg, (4, 4), token_frames, prompt_frames)
     x0, y0, x1, y1 = prompts.boxes[0].tolist()
     # Token (1, 2) covers image rows 16-32 and columns 32-48, frame pixels x4.
-    assert x0 < 2.5 * 64 < x1 and y0 < 1.5 * 64 < y1
-    assert 0 <= x0 < x1 <= 256 and 0 <= y0 < y1 <= 256
-    assert prompts.dense_masks is None and prompts.points is None
+    assert x0 < 2.5 * 64 < x1
+    assert y0 < 1.5 * 64 < y1
+    assert 0 <= x0 < x1 <= 256
+    assert 0 <= y0 < y1 <= 256
+    assert prompts.dense_masks is None
+    assert prompts.points is None
 
 
 def test_similarity_points_mark_peaks_and_minima():

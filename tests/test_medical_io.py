@@ -15,30 +15,13 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_file
+
+from sample_files import dicom_file, nifti_file
 
 from mdskit.errors import DataError
 from mdskit.imageio import read_image
 from mdskit.medical_io import read_input_image, write_dicom_seg, write_native_mask, write_nifti_label_map
 from mdskit.outputs import heat_colours, heat_overlay, normalised
-
-NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
-
-
-def dicom_file(name: str) -> Path:
-    """Return a DICOM sample file that ships with pydicom, skipping when this install lacks it."""
-    path = get_testdata_file(name, download=False)
-    if path is None:
-        pytest.skip(f"pydicom sample file {name} is not shipped with this pydicom install")
-    return Path(path)
-
-
-def nifti_file(name: str) -> Path:
-    """Return a NIfTI sample file that ships with nibabel, skipping when this install lacks it."""
-    path = NIBABEL_DATA / name
-    if not path.is_file():
-        pytest.skip(f"nibabel sample file {name} is not shipped with this nibabel install")
-    return path
 
 
 def first_png(folder: Path) -> Path:
@@ -353,7 +336,7 @@ def test_options_ignored_for_raster(tmp_path, caplog):
 
 
 def test_slice_ignored_for_dicom(caplog):
-    path = get_testdata_file("MR_small.dcm")
+    path = dicom_file("MR_small.dcm")
     with caplog.at_level(logging.WARNING, logger="mdskit.medical_io"):
         read_input_image(path, slice_index=2)
     messages = [record.getMessage() for record in caplog.records]
@@ -361,7 +344,7 @@ def test_slice_ignored_for_dicom(caplog):
 
 
 def test_no_warning_for_applicable_options(caplog):
-    path = get_testdata_file("MR_small.dcm")
+    path = dicom_file("MR_small.dcm")
     with caplog.at_level(logging.WARNING, logger="mdskit.medical_io"):
         read_input_image(path, frame=0, window=(40.0, 400.0))
     assert caplog.records == []

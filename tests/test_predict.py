@@ -23,7 +23,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from pydicom.data import get_testdata_file
+
+from sample_files import dicom_file, nifti_file
 
 from mdskit.backbone import GeneratedAnswers
 from mdskit.cli import main
@@ -34,7 +35,6 @@ from mdskit.runs import RunSettings, Workspace, train_only
 from mdskit.sample import MdsSample
 from mdskit.tts import Selection
 
-NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 QUESTION = "Segment the breast lesion in this ultrasound image and give the diagnosis: benign, malignant or normal."
 ANSWER = "Modality: breast ultrasound. Findings: one hypoechoic lesion. Diagnosis: benign. Mask: [SEG]."
 
@@ -81,20 +81,6 @@ def answer_with_template(patch: pytest.MonkeyPatch) -> None:
                                 mean_logprobs=generated.mean_logprobs)
 
     patch.setattr(LlavaBackbone, "generate", generate_template)
-
-
-def dicom_file(name: str) -> Path:
-    path = get_testdata_file(name, download=False)
-    if path is None:
-        pytest.skip(f"pydicom sample file {name} is not shipped with this pydicom install")
-    return Path(path)
-
-
-def nifti_file(name: str) -> Path:
-    path = NIBABEL_DATA / name
-    if not path.is_file():
-        pytest.skip(f"nibabel sample file {name} is not shipped with this nibabel install")
-    return path
 
 
 def busi_png(dataset_folder) -> Path:

@@ -101,7 +101,8 @@ def test_identical_methods_are_not_significant():
     for metric in METRICS:
         comparison = paired_comparison(table, table, metric)
         assert comparison.difference == 0.0
-        assert comparison.low == 0.0 and comparison.high == 0.0
+        assert comparison.low == 0.0
+        assert comparison.high == 0.0
         assert not comparison.significant
         if comparison.wilcoxon_p is not None:
             assert comparison.wilcoxon_p == 1.0
@@ -119,7 +120,8 @@ def test_constant_shift_is_significant():
     table_worse = SampleTable.from_records(worse, LABEL_SETS)
     comparison = paired_comparison(table_better, table_worse, "giou")
     assert comparison.difference == pytest.approx(0.2)
-    assert comparison.low == pytest.approx(0.2) and comparison.high == pytest.approx(0.2)
+    assert comparison.low == pytest.approx(0.2)
+    assert comparison.high == pytest.approx(0.2)
     assert comparison.significant
     assert comparison.wilcoxon_p < 1e-4
     ciou = paired_comparison(table_better, table_worse, "ciou")
