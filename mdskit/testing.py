@@ -624,7 +624,7 @@ class TtsStrategyContract(Contract):
         return result
 
     def ground_truth(self, device: torch.device | str = "cpu") -> GroundTruth:
-        """Return a reference answer for strategies with ``uses_ground_truth``: a centred box, the first label."""
+        """Return the ground truth for strategies with ``uses_ground_truth``: a centred box and the first label."""
         mask = torch.zeros(self.mask_size, dtype=torch.bool, device=device)
         height, width = self.mask_size
         mask[height // 4:3 * height // 4, width // 4:3 * width // 4] = True

@@ -14,7 +14,7 @@ from .ranking import candidate_masks, choose_highest, mask_iou
 
 
 class GroundTruthMissingError(MdskitError):
-    """The oracle was asked to answer a request that has no ground truth."""
+    """Raised when the oracle receives a request without a ground truth."""
 
 
 class Oracle(TestTimeScaling):
@@ -54,7 +54,7 @@ class Oracle(TestTimeScaling):
     def select(self, candidates: Sequence[Candidate], ground_truth: GroundTruth | None = None) -> Selection:
         """Return the candidate closest to the ground truth.
 
-        ``scores`` holds each candidate's 2 x (diagnosis is true) + IoU
+        ``scores`` contains each candidate's 2 x (diagnosis is true) + IoU
         with the ground truth, the IoU term alone without ``use_diagnosis``.
 
         Raises:
