@@ -156,15 +156,29 @@ def _leave_one_out_section(leaderboard: dict) -> list[str]:
     if not entries:
         return []
     lines = ["", "## Leave one dataset out", "",
-             "Trained on every other dataset with the same budget, tested on the held-out dataset's test split.",
-             "", "| entry | TTS | seed | held-out dataset | trained on | gIoU | cIoU | Dice | accuracy | macro-F1 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Trained on every other dataset with the same budget, tested on the held-out dataset's test split. "
+             "In-domain: the same entry trained on every dataset, on the same test split (- when the suite "
+             "has no such entry).",
+             "", "| entry | TTS | seed | held-out dataset | trained on | gIoU | cIoU | Dice | accuracy | macro-F1 | "
+             "in-domain Dice | in-domain accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for entry in _sorted_entries(entries):
         held_out = entry["test_datasets"][0]
         values = [percent(entry["metrics"][held_out][metric]) for metric in METRICS]
+        in_domain = _in_domain_metrics(leaderboard, entry, held_out)
+        reference = [percent(in_domain[metric]) if in_domain else "-" for metric in ("dice", "accuracy")]
         lines.append(f"| {entry['label']} | {entry['ttss']} | {entry['seed']} | {held_out} | "
-                     f"{', '.join(entry['train_datasets'])} | " + " | ".join(values) + " |")
+                     f"{', '.join(entry['train_datasets'])} | " + " | ".join(values + reference) + " |")
     return lines
+
+
+def _in_domain_metrics(leaderboard: dict, entry: dict, dataset: str) -> dict | None:
+    """Metrics on ``dataset`` of the same entry, strategy and seed trained with that dataset, or None."""
+    for other in main_entries(leaderboard["entries"]):
+        if (other["entry"], other["ttss"], other["seed"]) == (entry["entry"], entry["ttss"], entry["seed"]) \
+                and dataset in other["train_datasets"] and dataset in other["metrics"]:
+            return other["metrics"][dataset]
+    return None
 
 
 def _comparison_section(leaderboard: dict) -> list[str]:

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from mdskit.bench import COMPUTED_LOG
+from mdskit.bench_report import markdown as render_markdown
+from mdskit.bench_report import percent
 from mdskit.leaderboard import build_leaderboard, load_results
 
 pytestmark = pytest.mark.slow
@@ -162,3 +164,8 @@ def test_leaderboard_from_resumed_bench(resumed):
     markdown = (out / "leaderboard" / "leaderboard.md").read_text()
     assert "## Leave one dataset out" in markdown
     assert "| tiny-sim4seg | none | 0 | ph2 | busi |" in markdown
+    # The held-out row repeats the in-domain entry's Dice and accuracy on the same test split.
+    row = next(line for line in render_markdown(leaderboard).splitlines()
+               if line.startswith("| tiny-sim4seg | none | 0 | ph2 | busi |"))
+    in_domain = greedy["metrics"]["ph2"]
+    assert row.endswith(f"| {percent(in_domain['dice'])} | {percent(in_domain['accuracy'])} |")
