@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .build import build_cot_generator, build_model, build_tts
-from .checkpoint import read_record, recover_folder
+from .checkpoint import checkpoint_step, read_record, recover_folder
 from .cot import attach_text
 from .datasets import DatasetAdapter
 from .errors import DataError, MdskitError
@@ -239,7 +239,7 @@ def train_only(settings: RunSettings, workspace: Workspace | None = None,
 def _trained_steps(spec: MethodSpec, settings: RunSettings) -> int:
     """Steps the evaluated model was trained for: the checkpoint's, else the budget."""
     if settings.checkpoint is not None:
-        return int(read_record(settings.checkpoint)["step"])
+        return checkpoint_step(settings.checkpoint)
     return spec.training.steps if settings.train_steps is None else settings.train_steps
 
 
