@@ -42,6 +42,9 @@ def build_model(spec: MethodSpec, components: Components, checkpoint: str | Path
     decoder = build_component(components, "decoder", spec.decoder)
     prompt = build_component(components, "prompt", spec.prompt) if spec.prompt else None
     model = MdsModel(backbone, decoder, prompt)
+    pretrained = spec.backbone.params.get("pretrained")
+    if folder is None and spec.backbone.type == "llava-hf" and pretrained and detect_layout(pretrained) == "lisa":
+        load_lisa_projection(model, Path(pretrained))
     if folder is not None:
         load_weights(folder, model)
         logger.info("loaded method %s from checkpoint %s", spec.name, folder)
@@ -78,17 +81,24 @@ def build_published(spec: MethodSpec, components: Components, path: Path) -> Mds
     prompt = build_component(components, "prompt", spec.prompt) if spec.prompt else None
     model = MdsModel(backbone, decoder, prompt)
     if layout == "lisa":
-        projection = read_weights(path, LISA_PROJECTION_PREFIX)
-        check_keys(model.seg_projection.state_dict().keys(), projection, f"LISA checkpoint {path} "
-                   f"({LISA_PROJECTION_PREFIX}*)", "Pass a LISA folder whose [SEG] projection is text_hidden_fcs.0.")
-        check_shapes(model.seg_projection.state_dict(), projection, f"LISA checkpoint {path}")
-        model.seg_projection.load_state_dict(projection)
+        load_lisa_projection(model, path)
     else:
         logger.warning("the [SEG] projection of %s starts untrained: a LLaVA checkpoint has none; fine-tune it "
                        "with 'mdskit train' before trusting the masks", path)
     logger.info("built method %s on the %s checkpoint %s (backbone llava-hf, decoder %s)", spec.name, layout, path,
                 decoder_spec.type)
     return model
+
+
+def load_lisa_projection(model: MdsModel, path: Path) -> None:
+    """Load a LISA folder's ``[SEG]`` projection (``text_hidden_fcs.0``) into ``model``."""
+    projection = read_weights(path, LISA_PROJECTION_PREFIX)
+    source = f"LISA checkpoint {path} ({LISA_PROJECTION_PREFIX}*)"
+    check_keys(model.seg_projection.state_dict().keys(), projection, source,
+               "Pass a LISA folder whose [SEG] projection is text_hidden_fcs.0 (Linear, ReLU, Linear).")
+    check_shapes(model.seg_projection.state_dict(), projection, source)
+    model.seg_projection.load_state_dict(projection)
+    model.projection_pretrained = True
 
 
 def build_cot_generator(spec: MethodSpec, components: Components) -> CotGenerator:

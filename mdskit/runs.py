@@ -22,6 +22,7 @@ from .checkpoint import checkpoint_step, read_record, recover_folder
 from .cot import attach_text
 from .datasets import DatasetAdapter
 from .errors import DataError, MdskitError
+from .finetune import apply_finetuning
 from .evaluation import predict, prediction_record, result_from_record
 from .methods import MethodRegistry, MethodSpec, load_methods
 from .metrics import CONVENTIONS, SampleResult, summarize
@@ -176,6 +177,8 @@ def prepare_model(workspace: Workspace, spec: MethodSpec, settings: RunSettings,
         model = build_model(spec, workspace.components)
         model.backbone.setup([text for sample in train_samples for text in (sample.question, sample.answer)])
         model.rebuild_projection()
+    if spec.finetune is not None:
+        apply_finetuning(model, spec.finetune)
     trainer = Trainer(model, spec, train_samples, folder, steps=settings.train_steps, seed=settings.seed,
                       progress=progress)
     return model, trainer.fit(start_step=start)
