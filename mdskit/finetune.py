@@ -163,9 +163,7 @@ def apply_finetuning(model: nn.Module, config: FinetuneConfig) -> dict[str, int]
         for parameter in parameters:
             parameter.requires_grad_(True)
     if config.gradient_checkpointing:
-        # Non-reentrant checkpointing lets gradients reach the adapters even
-        # though the frozen embeddings' outputs do not require grad.
-        language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(language_model)
 
     trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
     total = sum(parameter.numel() for parameter in model.parameters())
@@ -178,6 +176,23 @@ def apply_finetuning(model: nn.Module, config: FinetuneConfig) -> dict[str, int]
                 "outside the adapters and listed parts (no optimizer state for them)",
                 "on" if config.gradient_checkpointing else "off")
     return {"trainable": trainable, "total": total}
+
+
+def enable_checkpointing(language_model: nn.Module) -> None:
+    """Turn on activation (gradient) checkpointing in a transformers model."""
+    # Non-reentrant checkpointing lets gradients reach the adapters even
+    # though the frozen embeddings' outputs do not require grad.
+    options = {"use_reentrant": False}
+    if hasattr(language_model, "activation_checkpointing_enable"):
+        # transformers 5.25 renames gradient_checkpointing_enable to this.
+        language_model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
+def checkpointing_enabled(language_model: nn.Module) -> bool:
+    """Whether any module of ``language_model`` recomputes its activations in the backward pass."""
+    return any(getattr(module, "gradient_checkpointing", False) for module in language_model.modules())
 
 
 def _part_parameters(model: nn.Module, names: tuple[str, ...]) -> dict[str, list[nn.Parameter]]:
@@ -225,17 +240,20 @@ def export_state_dict(module: nn.Module) -> dict[str, torch.Tensor] | None:
     """State dict with LoRA adapters merged into the base weights, under the base names.
 
     Returns None when ``module`` has no adapters, so callers save as usual.
-    The adapters are merged for the copy and unmerged afterwards, so
-    training continues unchanged.
+    The merged weights are computed into the copy (base weight plus each
+    active adapter's delta), so the module itself is not changed.
     """
-    layers = lora_layers(module)
-    if not layers:
+    if not lora_layers(module):
         return None
-    for layer in layers:
-        layer.merge()
-    try:
-        return {name.replace(".base_layer.", "."): tensor.detach().clone()
-                for name, tensor in module.state_dict().items() if "lora_" not in name}
-    finally:
-        for layer in layers:
-            layer.unmerge()
+    state = {name.replace(".base_layer.", "."): tensor.detach().clone()
+             for name, tensor in module.state_dict().items() if "lora_" not in name}
+    from peft.tuners.lora import LoraLayer
+
+    for name, layer in module.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        key = f"{name}.weight"
+        with torch.no_grad():
+            for adapter in layer.active_adapters:
+                state[key] = state[key] + layer.get_delta_weight(adapter).to(state[key].dtype)
+    return state
