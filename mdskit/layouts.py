@@ -56,9 +56,9 @@ def detect_layout(path: str | Path) -> str:
         if any(name.startswith(SAM_PARTS) for name in names):
             return "sam"
         raise CheckpointError(
-            f"{path} is not a checkpoint mdskit can read: it has no method.json (mdskit), no config.json "
-            f"(LLaVA or LISA in transformers' format) and no segment-anything weights "
-            f"({', '.join(SAM_PARTS)}); see docs/checkpoints.md for the layouts.")
+            f"{path} is not an mdskit checkpoint (no method.json; pass a folder written by 'mdskit train' or "
+            f"'mdskit run'), nor a LLaVA or LISA folder (no config.json), nor segment-anything weights "
+            f"(no {', '.join(SAM_PARTS)} tensors); see docs/checkpoints.md for the layouts.")
     config = read_config(path)
     architectures = config.get("architectures") or []
     if any("LISA" in name for name in architectures) or \

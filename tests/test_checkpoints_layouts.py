@@ -80,7 +80,7 @@ def test_detect_layout_wrong_folder(tmp_path):
     with pytest.raises(CheckpointError, match="model_type 'bert'"):
         detect_layout(bert)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="not a checkpoint mdskit can read"):
+    with pytest.raises(CheckpointError, match="is not an mdskit checkpoint .* nor a LLaVA or LISA folder"):
         detect_layout(tmp_path / "empty")
     with pytest.raises(CheckpointError, match="not found"):
         detect_layout(tmp_path / "missing")
