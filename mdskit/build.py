@@ -55,10 +55,10 @@ def build_published(spec: MethodSpec, components: Components, path: Path) -> Mds
     """Build a method's model around a published checkpoint (LLaVA or LISA folder).
 
     The backbone becomes ``llava-hf`` on the folder. A LISA folder also
-    brings the mask decoder (``sam`` on its ``model.visual_model.*``
-    weights) and the ``[SEG]`` projection; with a LLaVA folder the method's
-    own mask decoder is used and the projection starts untrained. The
-    method's prompt module is kept.
+    provides the mask decoder (``sam`` on its ``model.visual_model.*``
+    weights) and the ``[SEG]`` projection. With a LLaVA folder the method's
+    own mask decoder is used, and the projection starts untrained because
+    LLaVA has none. The method's prompt module is kept.
 
     Raises:
         CheckpointError: The path is not a LLaVA or LISA folder; the
@@ -67,7 +67,7 @@ def build_published(spec: MethodSpec, components: Components, path: Path) -> Mds
     layout = detect_layout(path)
     if layout == "sam":
         raise CheckpointError(
-            f"{path} holds segment-anything weights, which are a mask decoder, not a whole model; set the "
+            f"{path} contains segment-anything weights, which are a mask decoder, not a whole model; set the "
             f"method's decoder to {{type: sam, checkpoint: {path}}} in registry.yaml (see docs/checkpoints.md).")
     if layout not in ("llava-hf", "lisa"):
         raise CheckpointError(f"{path} is a {layout} checkpoint, not a LLaVA or LISA folder.")

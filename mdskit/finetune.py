@@ -1,10 +1,10 @@
 """Parameter-efficient fine-tuning: LoRA adapters, trainable parts, gradient checkpointing.
 
-A method's optional ``finetune`` section in ``registry.yaml`` turns full
-training (every weight of the tiny from-scratch backbone) into LISA-style
-fine-tuning of a pretrained one: every weight is frozen, LoRA adapters from
-peft go into the language model's attention projections, and the listed
-parts are unfrozen. The defaults are LISA's: rank 8, alpha 16, dropout
+Without a ``finetune`` section every weight trains, as the tiny backbone
+trained from scratch needs. A method's ``finetune`` section in
+``registry.yaml`` switches to LISA-style fine-tuning of a pretrained
+backbone. Every weight is frozen, LoRA adapters from peft go into the
+language model's attention projections, and the listed parts are unfrozen. The defaults are LISA's: rank 8, alpha 16, dropout
 0.05 on ``q_proj`` and ``v_proj``, with the ``[SEG]`` projection, the mask
 decoder, the LM head and the token embeddings trained in full.
 
@@ -50,7 +50,7 @@ class LoraSettings:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Which weights train, and how.
+    """Fine-tuning settings: the weights that train and the memory-saving options.
 
     Attributes:
         lora: LoRA settings, or None to train the unfrozen parts only.
@@ -191,7 +191,7 @@ def enable_checkpointing(language_model: nn.Module) -> None:
 
 
 def checkpointing_enabled(language_model: nn.Module) -> bool:
-    """Whether any module of ``language_model`` recomputes its activations in the backward pass."""
+    """Return whether any module of ``language_model`` recomputes its activations in the backward pass."""
     return any(getattr(module, "gradient_checkpointing", False) for module in language_model.modules())
 
 

@@ -7,7 +7,7 @@ a component option:
 - ``llava-hf``: a LLaVA model in transformers' format
   (``LlavaForConditionalGeneration`` saved with ``save_pretrained``).
 - ``lisa``: the LISA repository's layout, a LLaVA-Llama model whose state
-  dict also holds SAM under ``model.visual_model.`` and the ``[SEG]``
+  dict also contains SAM under ``model.visual_model.`` and the ``[SEG]``
   projection under ``model.text_hidden_fcs.``.
 - ``sam``: a segment-anything state dict (``image_encoder.``,
   ``prompt_encoder.``, ``mask_decoder.``): SAM ViT-B/L/H or MedSAM.
@@ -44,7 +44,7 @@ def detect_layout(path: str | Path) -> str:
     """Name the layout of a checkpoint folder or weights file (one of ``LAYOUTS``).
 
     Raises:
-        CheckpointError: The path is missing or holds none of the layouts.
+        CheckpointError: The path is missing or is in none of the layouts.
     """
     path = Path(path)
     if not path.exists():
@@ -80,7 +80,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"cannot read {path}: {error}; restore the file.") from error
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path} holds a {type(config).__name__}, not a JSON object.")
+        raise CheckpointError(f"invalid {path}: expected a JSON object, found a {type(config).__name__}.")
     return config
 
 
@@ -124,7 +124,7 @@ def read_weights(path: str | Path, prefix: str = "", exclude: tuple[str, ...] = 
     files = weight_files(path)
     if not files:
         raise CheckpointError(
-            f"{path} holds no weights file ({', '.join(WEIGHT_SUFFIXES)}); pass the checkpoint's folder.")
+            f"no weights file found in {path} ({', '.join(WEIGHT_SUFFIXES)}); pass the checkpoint's folder.")
     state: dict[str, torch.Tensor] = {}
     for file in files:
         if file.suffix == ".safetensors":
@@ -192,5 +192,5 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
             state = state[wrapper]
             break
     if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise CheckpointError(f"{file} holds a {type(state).__name__} that is not a state dict of tensors.")
+        raise CheckpointError(f"invalid weights file {file}: expected a state dict of tensors, found a {type(state).__name__}.")
     return dict(state)

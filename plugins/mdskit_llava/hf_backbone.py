@@ -162,7 +162,7 @@ class HfLlavaBackbone(LlavaBackbone):
         return self.model
 
     def language_model_module(self) -> torch.nn.Module:
-        """The Llama decoder (without the vision tower, whose layers share names with it)."""
+        """Return the Llama decoder, without the vision tower whose layers share its layer names."""
         return self.model.model.language_model
 
     def trainable_parts(self) -> dict[str, list[torch.nn.Parameter]]:

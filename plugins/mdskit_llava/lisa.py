@@ -135,7 +135,7 @@ def _vision_config(config: dict, state: dict[str, torch.Tensor], vision_tower: s
     patch_name = prefix + "embeddings.patch_embedding.weight"
     if patch_name not in state:
         raise CheckpointError(
-            f"LISA checkpoint {folder} holds no CLIP tower weights ({patch_name} is missing) and "
+            f"LISA checkpoint {folder} has no CLIP tower weights ({patch_name} is missing) and "
             f"mm_vision_tower {config.get('mm_vision_tower')!r} is not a local folder; set mm_vision_tower in "
             "its config.json to a local CLIP folder.")
     # NOTE: a CLIP tower found only as weights is assumed to have 64-wide heads and CLIP's defaults elsewhere.
