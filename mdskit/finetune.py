@@ -8,26 +8,36 @@ language model's attention projections, and the listed parts are unfrozen. The d
 0.05 on ``q_proj`` and ``v_proj``, with the ``[SEG]`` projection, the mask
 decoder, the LM head and the token embeddings trained in full.
 
-Checkpoints store the language model with the adapters merged into the base
-weights (:func:`export_state_dict`), so they load without peft.
+Checkpoints store the base weights under their original names and the
+adapters beside them (:func:`split_adapters`), so a resumed run continues
+with the same adapters and their optimizer state.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
+from .layouts import check_keys
 
 logger = logging.getLogger(__name__)
 
 TRAINABLE_PARTS = ("seg_projection", "multimodal_projector", "mask_decoder", "lm_head", "embeddings",
                    "prompt_module")
 ADAPTABLE_TYPES = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
+ADAPTER_FILE = "lora_adapters.safetensors"
+ADAPTER_CONFIG = "lora_config.json"
+# Attribute of a language model that records the settings of its adapters.
+LORA_ATTRIBUTE = "mdskit_lora_settings"
 
 
 @dataclass(frozen=True)
@@ -152,12 +162,20 @@ def apply_finetuning(model: nn.Module, config: FinetuneConfig) -> dict[str, int]
         raise ConfigError(f"backbone '{backbone.name}' does not support fine-tuning settings; remove the "
                           "method's finetune section.")
     language_model = backbone.language_model_module()
-    if config.lora is not None:
+    existing = getattr(language_model, LORA_ATTRIBUTE, None)
+    if config.lora is not None and existing is None:
         check_lora_targets(language_model, config.lora.target_modules)
     parts = _part_parameters(model, config.trainable)
 
     model.requires_grad_(False)
-    if config.lora is not None:
+    if existing is not None:
+        # Adapters loaded from a checkpoint being resumed keep their weights.
+        if config.lora is not None and existing != config.lora:
+            logger.warning("keeping the checkpoint's LoRA adapters (%s) instead of the method's (%s)",
+                           existing, config.lora)
+        for name, parameter in language_model.named_parameters():
+            parameter.requires_grad_(config.lora is not None and "lora_" in name)
+    elif config.lora is not None:
         _inject_lora(language_model, config.lora)
     for parameters in parts.values():
         for parameter in parameters:
@@ -223,6 +241,7 @@ def _inject_lora(language_model: nn.Module, settings: LoraSettings) -> None:
     lora_config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                              target_modules=list(settings.target_modules), bias="none")
     inject_adapter_in_model(lora_config, language_model)
+    setattr(language_model, LORA_ATTRIBUTE, settings)
     for name, parameter in language_model.named_parameters():
         parameter.requires_grad_("lora_" in name)
 
@@ -236,24 +255,51 @@ def lora_layers(module: nn.Module) -> list[nn.Module]:
     return [layer for layer in module.modules() if isinstance(layer, LoraLayer)]
 
 
-def export_state_dict(module: nn.Module) -> dict[str, torch.Tensor] | None:
-    """State dict with LoRA adapters merged into the base weights, under the base names.
+def split_adapters(model: nn.Module) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor]]:
+    """Split ``model``'s state dict into base weights (under their original names) and LoRA tensors.
 
-    Returns None when ``module`` has no adapters, so callers save as usual.
-    The merged weights are computed into the copy (base weight plus each
-    active adapter's delta), so the module itself is not changed.
+    Returns (None, {}) when ``model`` has no adapters, so callers save as usual.
     """
-    if not lora_layers(module):
-        return None
-    state = {name.replace(".base_layer.", "."): tensor.detach().clone()
-             for name, tensor in module.state_dict().items() if "lora_" not in name}
-    from peft.tuners.lora import LoraLayer
+    if not lora_layers(model):
+        return None, {}
+    base, adapters = {}, {}
+    for name, tensor in model.state_dict().items():
+        if "lora_" in name:
+            adapters[name] = tensor.detach().contiguous().cpu()
+        else:
+            base[name.replace(".base_layer.", ".")] = tensor
+    return base, adapters
 
-    for name, layer in module.named_modules():
-        if not isinstance(layer, LoraLayer):
-            continue
-        key = f"{name}.weight"
-        with torch.no_grad():
-            for adapter in layer.active_adapters:
-                state[key] = state[key] + layer.get_delta_weight(adapter).to(state[key].dtype)
-    return state
+
+def save_adapters(language_model: nn.Module, adapters: dict[str, torch.Tensor], folder: str | Path) -> None:
+    """Write the LoRA tensors and their settings beside a saved backbone."""
+    if not adapters:
+        return
+    settings = getattr(language_model, LORA_ATTRIBUTE)
+    folder = Path(folder)
+    save_file(adapters, str(folder / ADAPTER_FILE))
+    record = {item.name: getattr(settings, item.name) for item in fields(settings)}
+    record["target_modules"] = list(settings.target_modules)
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+
+def load_adapters(model: nn.Module, language_model: nn.Module, folder: str | Path) -> bool:
+    """Put the LoRA adapters saved in ``folder`` back into ``language_model``; False when there are none.
+
+    Raises:
+        CheckpointError: The adapter files are unreadable or do not fit the model.
+    """
+    folder = Path(folder)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        return False
+    try:
+        settings = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        adapters = load_file(str(folder / ADAPTER_FILE))
+    except (OSError, ValueError, SafetensorError) as error:
+        raise CheckpointError(f"cannot read the LoRA adapters in {folder}: {error}; restore the checkpoint.") from error
+    _inject_lora(language_model, LoraSettings(**{**settings, "target_modules": tuple(settings["target_modules"])}))
+    expected = {name for name in model.state_dict() if "lora_" in name}
+    check_keys(expected, adapters, f"LoRA adapters in {folder}", "Retrain or restore the checkpoint.")
+    model.load_state_dict(adapters, strict=False)
+    logger.info("loaded %d LoRA adapter tensors from %s", len(adapters), folder)
+    return True

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from mdskit.build import build_model
 from mdskit.cli import main
 from mdskit.errors import ConfigError
-from mdskit.finetune import (FinetuneConfig, LoraSettings, apply_finetuning, checkpointing_enabled, export_state_dict,
-                             lora_layers, parse_finetune)
+from mdskit.finetune import (FinetuneConfig, LoraSettings, apply_finetuning, checkpointing_enabled, lora_layers,
+                             parse_finetune)
 from mdskit.runs import Workspace
 from mdskit_llava.hf_backbone import HfLlavaBackbone
 from test_checkpoints_layouts import ANSWER, QUESTION, sample
@@ -122,24 +122,52 @@ def test_checkpointing_step_trains_adapters(folders, workspace, caplog):
     assert model.decoder.mask_decoder.iou_token.weight.grad is not None
 
 
-def test_export_merges_adapters(folders, workspace, tmp_path):
+def test_adapters_saved_and_reloaded(folders, workspace, tmp_path):
+    model = lisa_model(folders, workspace)
+    apply_finetuning(model, FinetuneConfig(lora=LoraSettings(r=4, alpha=8)))
+    q_proj = model.backbone.language_model_module().layers[0].self_attn.q_proj
+    torch.nn.init.normal_(q_proj.lora_B["default"].weight)
+    base = q_proj.base_layer.weight.detach().clone()
+
+    model.backbone.save_pretrained(tmp_path / "backbone")
+    saved = load_file(str(tmp_path / "backbone" / "model.safetensors"))
+    assert not any("lora_" in key or "base_layer" in key for key in saved)
+    # transformers writes LLaVA under its published names (language_model.model.*).
+    saved_q = [value for key, value in saved.items() if key.endswith("language_model.model.layers.0.self_attn.q_proj.weight")]
+    assert len(saved_q) == 1
+    assert torch.equal(saved_q[0], base)
+    config = json.loads((tmp_path / "backbone" / "lora_config.json").read_text())
+    assert config == {"r": 4, "alpha": 8, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+
+    reloaded = HfLlavaBackbone(str(tmp_path / "backbone"), resize_embeddings=False)
+    reloaded_q = reloaded.language_model_module().layers[0].self_attn.q_proj
+    assert len(lora_layers(reloaded.model)) == 4
+    assert torch.equal(reloaded_q.lora_B["default"].weight, q_proj.lora_B["default"].weight)
+    assert torch.equal(reloaded_q.base_layer.weight, base)
+    ids = torch.tensor([[1, 5, 9, 12]])
+    model.backbone.model.eval()
+    reloaded.model.eval()
+    with torch.no_grad():
+        expected = model.backbone.model(input_ids=ids).logits
+        actual = reloaded.model(input_ids=ids).logits
+    assert torch.allclose(actual, expected, atol=1e-5)
+
+
+def test_resume_keeps_loaded_adapters(folders, workspace, tmp_path):
     model = lisa_model(folders, workspace)
     apply_finetuning(model, FinetuneConfig())
     q_proj = model.backbone.language_model_module().layers[0].self_attn.q_proj
     torch.nn.init.normal_(q_proj.lora_B["default"].weight)
-    base = q_proj.base_layer.weight.detach().clone()
-    delta = q_proj.lora_B["default"].weight @ q_proj.lora_A["default"].weight * q_proj.scaling["default"]
-
-    state = export_state_dict(model.backbone.model)
-    assert not any("lora_" in key or "base_layer" in key for key in state)
-    assert torch.allclose(state["model.language_model.layers.0.self_attn.q_proj.weight"], base + delta, atol=1e-6)
-    assert torch.equal(q_proj.base_layer.weight, base)
-
     model.backbone.save_pretrained(tmp_path / "backbone")
-    reloaded = HfLlavaBackbone(str(tmp_path / "backbone"), resize_embeddings=False)
-    merged = reloaded.model.model.language_model.layers[0].self_attn.q_proj.weight
-    assert torch.allclose(merged, base + delta, atol=1e-6)
-    assert lora_layers(reloaded.model) == []
+
+    resumed = lisa_model(folders, workspace)
+    resumed.backbone = HfLlavaBackbone(str(tmp_path / "backbone"), resize_embeddings=False)
+    apply_finetuning(resumed, FinetuneConfig())
+    resumed_q = resumed.backbone.language_model_module().layers[0].self_attn.q_proj
+    assert len(lora_layers(resumed.backbone.model)) == 4
+    assert torch.equal(resumed_q.lora_B["default"].weight, q_proj.lora_B["default"].weight)
+    assert resumed_q.lora_B["default"].weight.requires_grad
+    assert not resumed_q.base_layer.weight.requires_grad
 
 
 def test_tiny_backbone_takes_lora(workspace):
@@ -169,8 +197,11 @@ def test_run_finetunes_registry_method(folders, data_root, monkeypatch, tmp_path
         "--registry", path, "run", "lisa-llava", "--data", f"kvasir={data_root}", "--max-samples", 2,
         "--train-steps", 2, "--out", tmp_path / "out"]])
     assert result.exit_code == 0, result.output
-    saved = load_file(str(tmp_path / "out" / "checkpoint" / "backbone" / "model.safetensors"))
+    backbone = tmp_path / "out" / "checkpoint" / "backbone"
+    saved = load_file(str(backbone / "model.safetensors"))
     assert not any("lora_" in key or "base_layer" in key for key in saved)
+    adapters = load_file(str(backbone / "lora_adapters.safetensors"))
+    assert len(adapters) == 2 * 2 * 2
     record = json.loads((tmp_path / "out" / "checkpoint" / "method.json").read_text())
     assert record["step"] == 2
     assert record["method"]["finetune"]["lora"]["r"] == 4

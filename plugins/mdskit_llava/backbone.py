@@ -27,7 +27,7 @@ from transformers import LlamaConfig, PreTrainedTokenizerFast
 from mdskit import SEG_TOKEN
 from mdskit.backbone import BackboneOutput, GeneratedAnswers, VisionLanguageBackbone
 from mdskit.errors import CheckpointError
-from mdskit.finetune import export_state_dict
+from mdskit.finetune import load_adapters, save_adapters, split_adapters
 from mdskit.geometry import Frame
 
 from .modeling import MdsLlavaConfig, MdsLlavaForCausalLM
@@ -110,6 +110,7 @@ class LlavaBackbone(VisionLanguageBackbone):
             if token not in self.tokenizer.get_vocab():
                 raise CheckpointError(f"the tokenizer in {folder} has no {token} token; it was not "
                                       "written by this backbone.")
+        load_adapters(self.model, self.language_model_module(), folder)
         config = self.model.config
         self.token_grid = tuple(config.token_grid)
         self.vision_feature_dim = config.vision_feature_dim
@@ -119,8 +120,10 @@ class LlavaBackbone(VisionLanguageBackbone):
     def save_pretrained(self, folder: str | Path) -> None:
         """Write config, safetensors weights and tokenizer to ``folder``."""
         model, tokenizer = self._require()
-        # With LoRA adapters the base weights are saved with the adapters merged.
-        model.save_pretrained(folder, state_dict=export_state_dict(model))
+        # With LoRA adapters the base weights keep their names and the adapters go to files of their own.
+        base, adapters = split_adapters(model)
+        model.save_pretrained(folder, state_dict=base)
+        save_adapters(self.language_model_module(), adapters, folder)
         tokenizer.save_pretrained(folder)
 
     def _require(self) -> tuple[MdsLlavaForCausalLM, PreTrainedTokenizerFast]:

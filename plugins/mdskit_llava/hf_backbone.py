@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, LlavaForConditionalGeneration, PreTraine
 from mdskit import SEG_TOKEN
 from mdskit.backbone import BackboneOutput, VisionLanguageBackbone
 from mdskit.errors import CheckpointError
+from mdskit.finetune import load_adapters
 from mdskit.geometry import Frame
 from mdskit.layouts import detect_layout
 
@@ -72,6 +73,7 @@ class HfLlavaBackbone(LlavaBackbone):
         _add_tokens(model, tokenizer, folder, add_seg_token, resize_embeddings)
         model.model.vision_tower.requires_grad_(False)
         self.model, self.tokenizer = model, tokenizer
+        load_adapters(model, self.language_model_module(), folder)
         self.prompt_format = _prompt_format(model, tokenizer)
         vision = model.config.vision_config
         side = int(vision.image_size) // int(vision.patch_size)
@@ -185,7 +187,7 @@ class HfLlavaBackbone(LlavaBackbone):
         )
 
     def save_pretrained(self, folder: str | Path) -> None:
-        """Write the model (adapters merged), the tokenizer and the prompt format to ``folder``."""
+        """Write the model (LoRA adapters in files of their own), the tokenizer and the prompt format to ``folder``."""
         self.model.config.update({PROMPT_KEY: self.prompt_format})
         super().save_pretrained(folder)
 
