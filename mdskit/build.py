@@ -54,7 +54,8 @@ def build_model(spec: MethodSpec, components: Components, checkpoint: str | Path
 def build_published(spec: MethodSpec, components: Components, path: Path) -> MdsModel:
     """Build a method's model around a published checkpoint (LLaVA or LISA folder).
 
-    The backbone becomes ``llava-hf`` on the folder. A LISA folder also
+    The backbone becomes ``llava-hf`` on the folder, with the method's
+    backbone parameters when the method already uses ``llava-hf``. A LISA folder also
     provides the mask decoder (``sam`` on its ``model.visual_model.*``
     weights) and the ``[SEG]`` projection. With a LLaVA folder the method's
     own mask decoder is used, and the projection starts untrained because
@@ -71,7 +72,8 @@ def build_published(spec: MethodSpec, components: Components, path: Path) -> Mds
             f"method's decoder to {{type: sam, checkpoint: {path}}} in registry.yaml (see docs/checkpoints.md).")
     if layout not in ("llava-hf", "lisa"):
         raise CheckpointError(f"{path} is a {layout} checkpoint, not a LLaVA or LISA folder.")
-    backbone_spec = ComponentSpec("llava-hf", {"pretrained": str(path)})
+    backbone_params = spec.backbone.params if spec.backbone.type == "llava-hf" else {}
+    backbone_spec = ComponentSpec("llava-hf", {**backbone_params, "pretrained": str(path)})
     decoder_spec = spec.decoder
     if layout == "lisa":
         params = spec.decoder.params if spec.decoder.type == "sam" else {}

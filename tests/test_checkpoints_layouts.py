@@ -271,6 +271,31 @@ def test_lisa_teacher_forced_masks(folders, workspace):
     assert masks.prompts.dense_masks.shape == (1, 1, 1024, 1024)
 
 
+def test_lisa_tower_from_local_folder(folders, tmp_path):
+    save_lisa(tmp_path / "lisa", tower_folder=tmp_path / "clip")
+    tower_state = load_file(str(tmp_path / "clip" / "model.safetensors"))
+    assert not any("vision_tower" in key for key in load_file(str(tmp_path / "lisa" / "model.safetensors")))
+    backbone = HfLlavaBackbone(str(tmp_path / "lisa"))
+    tower = backbone.model.model.vision_tower
+    assert torch.equal(tower.embeddings.patch_embedding.weight, tower_state["vision_model.embeddings.patch_embedding.weight"])
+    assert torch.equal(tower.post_layernorm.weight, tower_state["vision_model.post_layernorm.weight"])
+    reference = HfLlavaBackbone(str(folders["lisa"]))
+    assert torch.equal(tower.embeddings.patch_embedding.weight,
+                       reference.model.model.vision_tower.embeddings.patch_embedding.weight)
+
+
+def test_lisa_without_tower_rejected(tmp_path):
+    save_lisa(tmp_path / "lisa", tower_folder=tmp_path / "clip")
+    config_path = tmp_path / "lisa" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["mm_vision_tower"] = "openai/clip-vit-large-patch14"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="has no CLIP tower weights"):
+        HfLlavaBackbone(str(tmp_path / "lisa"))
+    backbone = HfLlavaBackbone(str(tmp_path / "lisa"), vision_tower=str(tmp_path / "clip"))
+    assert backbone.token_grid == (4, 4)
+
+
 def test_lisa_mismatch_names_keys(folders, tmp_path):
     broken = tmp_path / "lisa-broken"
     broken.mkdir()
@@ -295,6 +320,30 @@ def run_cli(arguments: list, monkeypatch, tmp_path) -> dict:
     result = CliRunner().invoke(main, [str(argument) for argument in arguments])
     assert result.exit_code == 0, result.output
     return json.loads((tmp_path / "out" / "metrics.json").read_text())
+
+
+def test_cli_rejects_wrong_folder(tmp_path):
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    result = CliRunner().invoke(main, ["run", "lisa", "--checkpoint", str(bert), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "not a LLaVA (model_type 'llava') or LISA" in result.output
+    assert not (tmp_path / "out" / "predictions.jsonl").exists()
+
+
+def test_cli_rejects_full_tokenizer(folders, tmp_path):
+    registry = yaml.safe_load(Path("registry.yaml").read_text())
+    method = dict(registry["methods"]["lisa"])
+    method["backbone"] = {"type": "llava-hf", "pretrained": str(folders["llava"]), "resize_embeddings": False}
+    registry["methods"] = {"lisa-llava": method}
+    path = tmp_path / "registry.yaml"
+    path.write_text(yaml.safe_dump(registry))
+    result = CliRunner().invoke(main, ["--registry", str(path), "train", "lisa-llava", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "no room for the new tokens" in result.output
 
 
 @pytest.mark.data

@@ -125,14 +125,17 @@ def save_llava_hf(folder: Path, with_seg: bool = False, chat_template: bool = Tr
     return folder
 
 
-def save_lisa(folder: Path, seed: int = 0) -> Path:
+def save_lisa(folder: Path, seed: int = 0, tower_folder: Path | None = None) -> Path:
     """Write a tiny LISA checkpoint: LLaVA-Llama, CLIP tower, SAM and the [SEG] projection.
 
     The names follow the LISA repository's model: ``model.embed_tokens``,
     ``model.layers.*``, ``model.norm``, ``lm_head``, the CLIP tower under
     ``model.vision_tower.vision_tower.vision_model.``, the projector under
     ``model.mm_projector.{0,2}``, SAM under ``model.visual_model.`` and the
-    projection under ``model.text_hidden_fcs.0.{0,2}``.
+    projection under ``model.text_hidden_fcs.0.{0,2}``. With
+    ``tower_folder`` the CLIP tower is left out of the LISA weights and
+    saved there as a ``CLIPModel``-style folder (``vision_model.*``), which
+    ``mm_vision_tower`` names.
     """
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = tiny_tokenizer(("<im_patch>", "<im_start>", "<im_end>", "[SEG]"))
@@ -156,6 +159,12 @@ def save_lisa(folder: Path, seed: int = 0) -> Path:
                   "model.text_hidden_fcs.0.0.bias": torch.zeros(hidden),
                   "model.text_hidden_fcs.0.2.weight": torch.randn(256, hidden) * 0.02,
                   "model.text_hidden_fcs.0.2.bias": torch.zeros(256)})
+    if tower_folder is not None:
+        tower_prefix = "model.vision_tower.vision_tower."
+        tower = {key[len(tower_prefix):]: state.pop(key) for key in list(state) if key.startswith(tower_prefix)}
+        tower_folder.mkdir(parents=True, exist_ok=True)
+        save_file({key: value.contiguous() for key, value in tower.items()}, str(tower_folder / "model.safetensors"))
+        reference.config.vision_config.to_json_file(tower_folder / "config.json")
     save_file({key: value.contiguous() for key, value in state.items()}, str(folder / "model.safetensors"))
     text = reference.config.text_config
     config = {
@@ -165,7 +174,7 @@ def save_lisa(folder: Path, seed: int = 0) -> Path:
         "vocab_size": len(tokenizer), "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
         "hidden_act": "silu", "tie_word_embeddings": False, "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-        "mm_vision_tower": "openai/clip-vit-large-patch14", "mm_hidden_size": 64, "mm_vision_select_layer": -2,
+        "mm_vision_tower": str(tower_folder) if tower_folder else "openai/clip-vit-large-patch14", "mm_hidden_size": 64, "mm_vision_select_layer": -2,
         "mm_use_im_start_end": True, "mm_use_im_patch_token": False, "out_dim": 256, "train_mask_decoder": True,
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")

@@ -52,18 +52,21 @@ class HfLlavaBackbone(LlavaBackbone):
         resize_embeddings: Grow the embedding table and LM head when the
             tokenizer outgrows them; when False a tokenizer with no free
             rows for the new tokens is rejected.
+        vision_tower: For a LISA folder, a local CLIP folder that replaces
+            the ``mm_vision_tower`` of its config (LISA names a hub id there
+            and may leave the tower's weights out).
     """
 
     name = "llava-hf"
 
     def __init__(self, pretrained: str, max_new_tokens: int = 96, add_seg_token: bool = True,
-                 resize_embeddings: bool = True) -> None:
+                 resize_embeddings: bool = True, vision_tower: str | None = None) -> None:
         VisionLanguageBackbone.__init__(self)
         self.max_new_tokens = max_new_tokens
         folder = Path(pretrained).expanduser()
         layout = detect_layout(folder)
         if layout == "lisa":
-            model, tokenizer = load_lisa(folder)
+            model, tokenizer = load_lisa(folder, vision_tower)
         elif layout == "llava-hf":
             model, tokenizer = _load_llava_hf(folder)
         else:

@@ -66,9 +66,12 @@ def load_lisa(folder: Path, vision_tower: str | None = None) -> tuple[LlavaForCo
         tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
 
     state = read_weights(folder, exclude=OTHER_PREFIXES)
+    tower_folder = _local_tower(config, vision_tower, folder)
+    if tower_folder is not None and not any(name.startswith(TOWER_PREFIX) for name in state):
+        state.update(_tower_weights(tower_folder))
     mapped, projector_act = _map_names(state)
     llava_config = LlavaConfig(
-        vision_config=_vision_config(config, state, vision_tower, folder),
+        vision_config=_vision_config(config, state, tower_folder, folder),
         text_config=LlamaConfig(**{key: config[key] for key in LLAMA_KEYS if key in config},
                                 tie_word_embeddings=False),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
@@ -123,11 +126,36 @@ def _projector_tensors(name: str, tensor: torch.Tensor, single_linear: bool) -> 
     return {f"model.multi_modal_projector.{index}.{suffix}": tensor}
 
 
-def _vision_config(config: dict, state: dict[str, torch.Tensor], vision_tower: str | None,
+def _local_tower(config: dict, vision_tower: str | None, folder: Path) -> Path | None:
+    """Return the local CLIP folder named by ``vision_tower`` or ``mm_vision_tower``, if there is one.
+
+    A relative ``mm_vision_tower`` is looked up beside the LISA folder's
+    files first. A hub id (no such folder) returns None.
+    """
+    if vision_tower:
+        local = Path(vision_tower).expanduser()
+        if not (local / "config.json").is_file():
+            raise CheckpointError(f"vision_tower {local} has no config.json; pass a local CLIP folder.")
+        return local
+    name = config.get("mm_vision_tower") or ""
+    for local in (folder / name, Path(name).expanduser()):
+        if name and (local / "config.json").is_file():
+            return local
+    return None
+
+
+def _tower_weights(tower_folder: Path) -> dict[str, torch.Tensor]:
+    """Read a CLIP folder's vision tower under LISA's names (CLIPModel and CLIPVisionModel saves)."""
+    weights = read_weights(tower_folder, exclude=("text_model.", "text_projection.", "visual_projection.",
+                                                  "logit_scale"))
+    prefix = TOWER_PREFIX + "vision_model."
+    return {prefix + name.removeprefix("vision_model."): tensor for name, tensor in weights.items()}
+
+
+def _vision_config(config: dict, state: dict[str, torch.Tensor], tower_folder: Path | None,
                    folder: Path) -> CLIPVisionConfig:
-    local = Path(vision_tower or config.get("mm_vision_tower") or "").expanduser()
-    if str(local) not in ("", ".") and (local / "config.json").is_file():
-        clip = read_config(local)
+    if tower_folder is not None:
+        clip = read_config(tower_folder)
         if clip.get("model_type") == "clip":
             return CLIPConfig(**clip).vision_config
         return CLIPVisionConfig(**{key: value for key, value in clip.items() if key != "model_type"})
