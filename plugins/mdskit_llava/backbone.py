@@ -262,12 +262,12 @@ class LlavaBackbone(VisionLanguageBackbone):
         return model.embed(input_ids, image_features)
 
     def _causal_lm(self) -> torch.nn.Module:
-        """The causal language model that decodes from input embeddings and a key-value cache."""
+        """Return the causal language model that decodes from input embeddings and a key-value cache."""
         model, _ = self._require()
         return model.language_model
 
     def language_model_module(self) -> torch.nn.Module:
-        """The language model whose layers take LoRA adapters and gradient checkpointing."""
+        """Return the language model whose layers take LoRA adapters and gradient checkpointing."""
         return self._causal_lm()
 
     def trainable_parts(self) -> dict[str, list[torch.nn.Parameter]]:

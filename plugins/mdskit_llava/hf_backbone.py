@@ -110,10 +110,12 @@ class HfLlavaBackbone(LlavaBackbone):
         return self.model.model.multi_modal_projector(selected)
 
     def _pixels(self, image: np.ndarray) -> torch.Tensor:
-        array = np.asarray(image, dtype=np.float32)
+        source = np.asarray(image)
+        array = source.astype(np.float32)
         if array.ndim == 2:
             array = array[:, :, None]
-        if array.dtype != np.uint8 and array.max(initial=0) > 255:
+        if source.dtype != np.uint8 and (array.max(initial=0) > 255 or array.min(initial=0) < 0):
+            # Intensities outside 0-255 (16-bit or signed scans) are min-max scaled to it.
             array = 255 * (array - array.min()) / max(float(array.max() - array.min()), 1e-8)
         tensor = torch.from_numpy(array).permute(2, 0, 1).expand(3, -1, -1) / 255.0
         frame = self.token_frame(array.shape[:2], None)
