@@ -6,9 +6,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import BACKBONE_FOLDER, check_matches, load_weights, read_record, recover_folder
+from .checkpoint import BACKBONE_FOLDER, METHOD_FILE, check_matches, load_weights, read_record, recover_folder
 from .cot import CotGenerator
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
+from .layouts import LISA_PROJECTION_PREFIX, check_keys, check_shapes, detect_layout, read_weights
 from .methods import ComponentSpec, MethodRegistry, MethodSpec, check_params
 from .model import MdsModel
 from .registry import Components
@@ -31,6 +32,8 @@ def build_model(spec: MethodSpec, components: Components, checkpoint: str | Path
     """
     overrides: dict[str, Any] = {}
     folder = None
+    if checkpoint is not None and Path(checkpoint).exists() and not (Path(checkpoint) / METHOD_FILE).is_file():
+        return build_published(spec, components, Path(checkpoint))
     if checkpoint is not None:
         folder = recover_folder(Path(checkpoint))
         check_matches(read_record(folder), spec, folder)
@@ -39,10 +42,65 @@ def build_model(spec: MethodSpec, components: Components, checkpoint: str | Path
     decoder = build_component(components, "decoder", spec.decoder)
     prompt = build_component(components, "prompt", spec.prompt) if spec.prompt else None
     model = MdsModel(backbone, decoder, prompt)
+    pretrained = spec.backbone.params.get("pretrained")
+    if folder is None and spec.backbone.type == "llava-hf" and pretrained and detect_layout(pretrained) == "lisa":
+        load_lisa_projection(model, Path(pretrained))
     if folder is not None:
         load_weights(folder, model)
         logger.info("loaded method %s from checkpoint %s", spec.name, folder)
     return model
+
+
+def build_published(spec: MethodSpec, components: Components, path: Path) -> MdsModel:
+    """Build a method's model around a published checkpoint (LLaVA or LISA folder).
+
+    The backbone becomes ``llava-hf`` on the folder, with the method's
+    backbone parameters when the method already uses ``llava-hf``. A LISA folder also
+    provides the mask decoder (``sam`` on its ``model.visual_model.*``
+    weights) and the ``[SEG]`` projection. With a LLaVA folder the method's
+    own mask decoder is used, and the projection starts untrained because
+    LLaVA has none. The method's prompt module is kept.
+
+    Raises:
+        CheckpointError: The path is not a LLaVA or LISA folder; the
+            message names the option for a mask decoder's weights.
+    """
+    layout = detect_layout(path)
+    if layout == "sam":
+        raise CheckpointError(
+            f"{path} contains segment-anything weights, which are a mask decoder, not a whole model; set the "
+            f"method's decoder to {{type: sam, checkpoint: {path}}} in registry.yaml (see docs/checkpoints.md).")
+    if layout not in ("llava-hf", "lisa"):
+        raise CheckpointError(f"{path} is a {layout} checkpoint, not a LLaVA or LISA folder.")
+    backbone_params = spec.backbone.params if spec.backbone.type == "llava-hf" else {}
+    backbone_spec = ComponentSpec("llava-hf", {**backbone_params, "pretrained": str(path)})
+    decoder_spec = spec.decoder
+    if layout == "lisa":
+        params = spec.decoder.params if spec.decoder.type == "sam" else {}
+        decoder_spec = ComponentSpec("sam", {**params, "checkpoint": str(path)})
+    backbone = build_component(components, "backbone", backbone_spec)
+    decoder = build_component(components, "decoder", decoder_spec)
+    prompt = build_component(components, "prompt", spec.prompt) if spec.prompt else None
+    model = MdsModel(backbone, decoder, prompt)
+    if layout == "lisa":
+        load_lisa_projection(model, path)
+    else:
+        logger.warning("the [SEG] projection of %s starts untrained: a LLaVA checkpoint has none; fine-tune it "
+                       "with 'mdskit train' before trusting the masks", path)
+    logger.info("built method %s on the %s checkpoint %s (backbone llava-hf, decoder %s)", spec.name, layout, path,
+                decoder_spec.type)
+    return model
+
+
+def load_lisa_projection(model: MdsModel, path: Path) -> None:
+    """Load a LISA folder's ``[SEG]`` projection (``text_hidden_fcs.0``) into ``model``."""
+    projection = read_weights(path, LISA_PROJECTION_PREFIX)
+    source = f"LISA checkpoint {path} ({LISA_PROJECTION_PREFIX}*)"
+    check_keys(model.seg_projection.state_dict().keys(), projection, source,
+               "Pass a LISA folder whose [SEG] projection is text_hidden_fcs.0 (Linear, ReLU, Linear).")
+    check_shapes(model.seg_projection.state_dict(), projection, source)
+    model.seg_projection.load_state_dict(projection)
+    model.projection_pretrained = True
 
 
 def build_cot_generator(spec: MethodSpec, components: Components) -> CotGenerator:

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .errors import CheckpointError
+from .layouts import detect_layout
 from .methods import MethodSpec
 from .model import MdsModel
 
@@ -80,6 +81,19 @@ def read_record(folder: Path) -> dict[str, Any]:
     if not isinstance(record, dict) or not isinstance(record.get("method"), dict) or "step" not in record:
         raise CheckpointError(f"{path} lacks the method definition or step; retrain or restore the checkpoint.")
     return record
+
+
+def checkpoint_step(folder: Path) -> int:
+    """Return the training step of an mdskit checkpoint, or 0 for a published one (LLaVA, LISA).
+
+    Raises:
+        CheckpointError: The folder is neither (see :func:`mdskit.layouts.detect_layout`).
+    """
+    folder = recover_folder(Path(folder))
+    if folder.is_dir() and not (folder / METHOD_FILE).is_file():
+        detect_layout(folder)
+        return 0
+    return int(read_record(folder)["step"])
 
 
 def recover_folder(folder: Path) -> Path:

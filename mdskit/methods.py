@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, MdskitError, PluginError
+from .finetune import FinetuneConfig, parse_finetune
 from .plugins import load_plugins
 from .registry import Components, PluginFailure
 
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 TOP_LEVEL_KEYS = {"schema", "plugins", "methods", "tts"}
-METHOD_KEYS = {"description", "backbone", "prompt", "decoder", "cot", "training", "provider"}
+METHOD_KEYS = {"description", "backbone", "prompt", "decoder", "cot", "training", "finetune", "provider"}
 COMPONENT_ROLES = {"backbone": "backbone", "prompt": "prompt", "decoder": "decoder", "cot": "cot"}
 OPTIONAL_COMPONENTS = {"prompt"}
 PRECISIONS = ("bfloat16", "float16", "float32")
@@ -88,10 +89,11 @@ class MethodSpec:
     cot: ComponentSpec
     training: TrainingConfig
     provider: str = "registry.yaml"
+    finetune: FinetuneConfig | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form, stored in checkpoints and run records."""
-        return {
+        record = {
             "name": self.name,
             "backbone": self.backbone.as_dict(),
             "prompt": self.prompt.as_dict() if self.prompt else None,
@@ -99,6 +101,10 @@ class MethodSpec:
             "cot": self.cot.as_dict(),
             "training": {item.name: getattr(self.training, item.name) for item in fields(self.training)},
         }
+        # Only set when present, so records of methods without it keep their earlier form.
+        if self.finetune is not None:
+            record["finetune"] = self.finetune.as_dict()
+        return record
 
 
 @dataclass
@@ -253,6 +259,7 @@ def parse_method(name: str, definition: Any, components: Components, where: str)
         backbone=specs["backbone"], prompt=specs["prompt"], decoder=specs["decoder"], cot=specs["cot"],
         training=parse_training(definition.get("training") or {}, f"{where}.training"),
         provider=str(definition.get("provider", "registry.yaml")),
+        finetune=parse_finetune(definition.get("finetune"), f"{where}.finetune"),
     )
 
 

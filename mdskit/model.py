@@ -86,6 +86,7 @@ class MdsModel(nn.Module):
         self.decoder = decoder
         self.prompt_module = prompt_module
         self.seg_projection = self._projection(backbone.hidden_size, decoder.prompt_embed_dim)
+        self.projection_pretrained = False
 
     @staticmethod
     def _projection(hidden_size: int, prompt_dim: int) -> nn.Sequential:
@@ -93,7 +94,9 @@ class MdsModel(nn.Module):
         return nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, prompt_dim))
 
     def rebuild_projection(self) -> None:
-        """Rebuild the ``[SEG]`` projection after the backbone's width is known."""
+        """Rebuild the ``[SEG]`` projection after the backbone's width is known; keep a pretrained one."""
+        if self.projection_pretrained:
+            return
         self.seg_projection = self._projection(self.backbone.hidden_size, self.decoder.prompt_embed_dim)
 
     @property

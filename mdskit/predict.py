@@ -24,7 +24,7 @@ import numpy as np
 
 from . import SEG_TOKEN
 from .build import build_model, build_tts
-from .checkpoint import read_record, recover_folder
+from .checkpoint import checkpoint_step, recover_folder
 from .cot import DIAGNOSIS_MARKER
 from .errors import CheckpointError, MdskitError
 from .evaluation import Prediction, _candidate_record, predict
@@ -114,7 +114,7 @@ def resolve_checkpoint(method: str, checkpoint: Path | None) -> Path:
             raise CheckpointError(f"--checkpoint {folder} is a file, not a folder; {instructions}.")
         if not folder.is_dir():
             raise CheckpointError(f"checkpoint folder {folder} not found; {instructions}.")
-        read_record(folder)
+        checkpoint_step(folder)
         return folder
     for folder in default_checkpoints(method):
         if recover_folder(folder).is_dir():
@@ -153,7 +153,7 @@ class Predictor:
         self.strategy = build_tts(settings.ttss, workspace.components, workspace.registry,
                                   settings.num_paths, settings.temperature)
         self.checkpoint = resolve_checkpoint(settings.method, settings.checkpoint)
-        self.step = int(read_record(self.checkpoint)["step"])
+        self.step = checkpoint_step(self.checkpoint)
         self.model = build_model(self.spec, workspace.components, self.checkpoint)
         self.labels = tuple(settings.labels) if settings.labels else registered_labels(workspace)
 

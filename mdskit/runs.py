@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from .build import build_cot_generator, build_model, build_tts
-from .checkpoint import read_record, recover_folder
+from .checkpoint import checkpoint_step, read_record, recover_folder
 from .cot import attach_text
 from .datasets import DatasetAdapter
 from .errors import DataError, MdskitError
+from .finetune import apply_finetuning
 from .evaluation import predict, prediction_record, result_from_record
 from .methods import MethodRegistry, MethodSpec, load_methods
 from .metrics import CONVENTIONS, SampleResult, summarize
@@ -176,6 +177,8 @@ def prepare_model(workspace: Workspace, spec: MethodSpec, settings: RunSettings,
         model = build_model(spec, workspace.components)
         model.backbone.setup([text for sample in train_samples for text in (sample.question, sample.answer)])
         model.rebuild_projection()
+    if spec.finetune is not None:
+        apply_finetuning(model, spec.finetune)
     trainer = Trainer(model, spec, train_samples, folder, steps=settings.train_steps, seed=settings.seed,
                       progress=progress)
     return model, trainer.fit(start_step=start)
@@ -239,7 +242,7 @@ def train_only(settings: RunSettings, workspace: Workspace | None = None,
 def _trained_steps(spec: MethodSpec, settings: RunSettings) -> int:
     """Steps the evaluated model was trained for: the checkpoint's, else the budget."""
     if settings.checkpoint is not None:
-        return int(read_record(settings.checkpoint)["step"])
+        return checkpoint_step(settings.checkpoint)
     return spec.training.steps if settings.train_steps is None else settings.train_steps
 
 

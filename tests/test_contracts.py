@@ -31,6 +31,7 @@ from mdskit.testing import (
     contract_for, run_contract,
 )
 from mdskit.tts import Selection
+from tiny_layouts import save_llava_hf, save_sam
 
 COMPONENTS, PLUGIN_METHODS = load_plugins()
 TINY_LLAVA = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300, token_grid=4,
@@ -47,9 +48,21 @@ def embedding_cache(tmp_path_factory):
         yield folder
 
 
-def factories(role: str, name: str, dataset_folder=None):
+@pytest.fixture(scope="module")
+def published_folders(tmp_path_factory) -> dict[str, str]:
+    """Tiny checkpoints in the published layouts that the llava-hf backbone and sam decoder read."""
+    root = tmp_path_factory.mktemp("published")
+    return {"llava-hf": str(save_llava_hf(root / "llava")), "sam": str(save_sam(root / "sam" / "sam_tiny.pth"))}
+
+
+def factories(role: str, name: str, dataset_folder=None, published=None):
     """Return (factory, contract attributes) for a registered component in a small configuration."""
     component = COMPONENTS.get(role, name)
+    if name == "llava-hf":
+        return (lambda: component(pretrained=published[name], max_new_tokens=4)), {
+            "load_component": lambda self, original, folder: component(pretrained=folder, max_new_tokens=4)}
+    if name == "sam":
+        return (lambda: component(checkpoint=published[name])), {}
     if role == "backbone":
         # max_new_tokens is a constructor parameter that checkpoints pass again, not a saved one.
         return (lambda: component(**TINY_LLAVA)), {
@@ -85,8 +98,8 @@ def test_every_role_has_a_contract():
 
 
 def test_first_party_components_are_all_covered():
-    expected = {"backbone": ["llava"], "prompt": ["rvls2m", "similarity-box", "similarity-points"],
-                "decoder": ["litemedsam"],
+    expected = {"backbone": ["llava", "llava-hf"], "prompt": ["rvls2m", "similarity-box", "similarity-points"],
+                "decoder": ["litemedsam", "sam"],
                 "tts": ["best-of-n", "none", "oracle", "prompt-ensemble", "region-perturbation", "self-consistency"], "dataset": ["busi", "kvasir", "ph2", "phantom", "shenzhen"],
                 "metric": ["accuracy", "ciou", "dice", "giou", "macro_f1"], "cot": ["template"]}
     assert {role.key: COMPONENTS.names(role.key) for role in ROLES} == expected
@@ -95,7 +108,8 @@ def test_first_party_components_are_all_covered():
 @pytest.mark.parametrize(("role", "name"), component_cases())
 def test_registered_component_passes_contract(role, name, request):
     dataset_folder = request.getfixturevalue("dataset_folder") if name in REAL_DATASETS else None
-    factory, attributes = factories(role, name, dataset_folder)
+    published = request.getfixturevalue("published_folders") if name in ("llava-hf", "sam") else None
+    factory, attributes = factories(role, name, dataset_folder, published)
     violations = run_contract(contract_for(role, factory, **attributes))
     assert violations == {}
 

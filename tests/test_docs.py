@@ -91,6 +91,8 @@ def test_registry_reference_component_defaults(role):
         signature = inspect.signature(components.get(role, name).__init__)
         for parameter in list(signature.parameters.values())[1:]:
             default = "null" if parameter.default is None else str(parameter.default)
+            if parameter.default is inspect.Parameter.empty:
+                default = "required"
             if role == "tts":
                 matches = [row for row in rows if row[:3] == [name, parameter.name, default]]
             else:

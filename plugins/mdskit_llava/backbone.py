@@ -27,6 +27,7 @@ from transformers import LlamaConfig, PreTrainedTokenizerFast
 from mdskit import SEG_TOKEN
 from mdskit.backbone import BackboneOutput, GeneratedAnswers, VisionLanguageBackbone
 from mdskit.errors import CheckpointError
+from mdskit.finetune import load_adapters, save_adapters, split_adapters
 from mdskit.geometry import Frame
 
 from .modeling import MdsLlavaConfig, MdsLlavaForCausalLM
@@ -109,6 +110,7 @@ class LlavaBackbone(VisionLanguageBackbone):
             if token not in self.tokenizer.get_vocab():
                 raise CheckpointError(f"the tokenizer in {folder} has no {token} token; it was not "
                                       "written by this backbone.")
+        load_adapters(self.model, self.language_model_module(), folder)
         config = self.model.config
         self.token_grid = tuple(config.token_grid)
         self.vision_feature_dim = config.vision_feature_dim
@@ -118,7 +120,10 @@ class LlavaBackbone(VisionLanguageBackbone):
     def save_pretrained(self, folder: str | Path) -> None:
         """Write config, safetensors weights and tokenizer to ``folder``."""
         model, tokenizer = self._require()
-        model.save_pretrained(folder)
+        # With LoRA adapters the base weights keep their names and the adapters go to files of their own.
+        base, adapters = split_adapters(model)
+        model.save_pretrained(folder, state_dict=base)
+        save_adapters(self.language_model_module(), adapters, folder)
         tokenizer.save_pretrained(folder)
 
     def _require(self) -> tuple[MdsLlavaForCausalLM, PreTrainedTokenizerFast]:
@@ -205,7 +210,7 @@ class LlavaBackbone(VisionLanguageBackbone):
         texts, logprobs = [], []
         for features, question in zip(image_features, questions, strict=True):
             prompt = torch.tensor([self._prompt_ids(question)], device=image_features.device)
-            embeddings = model.embed(prompt, features.unsqueeze(0))
+            embeddings = self._embed(prompt, features.unsqueeze(0))
             generators = None
             if do_sample:
                 generators = [torch.Generator(device=image_features.device).manual_seed(int(seed))
@@ -219,7 +224,7 @@ class LlavaBackbone(VisionLanguageBackbone):
                       temperature: float, generators: list[torch.Generator] | None) -> tuple[torch.Tensor, list[float]]:
         """Decode ``num_paths`` rows from one prompt; return their token ids and mean log-probabilities."""
         _, tokenizer = self._require()
-        language_model = model.language_model
+        language_model = self._causal_lm()
         # logits_to_keep=1 computes the vocabulary logits of the last position only.
         prefill = language_model(inputs_embeds=prompt_embeddings, use_cache=True, logits_to_keep=1)
         cache = prefill.cache
@@ -251,11 +256,34 @@ class LlavaBackbone(VisionLanguageBackbone):
         tokens = torch.stack(steps, dim=1)
         return tokens, (totals / counts.clamp(min=1)).tolist()
 
+    def _embed(self, input_ids: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
+        """Input embeddings with the image features at the ``<image>`` tokens."""
+        model, _ = self._require()
+        return model.embed(input_ids, image_features)
+
+    def _causal_lm(self) -> torch.nn.Module:
+        """Return the causal language model that decodes from input embeddings and a key-value cache."""
+        model, _ = self._require()
+        return model.language_model
+
+    def language_model_module(self) -> torch.nn.Module:
+        """Return the language model whose layers take LoRA adapters and gradient checkpointing."""
+        return self._causal_lm()
+
+    def trainable_parts(self) -> dict[str, list[torch.nn.Parameter]]:
+        """Parameters of the parts that fine-tuning can unfreeze, by part name."""
+        model, _ = self._require()
+        language_model = self._causal_lm()
+        return {"multimodal_projector": list(model.multi_modal_projector.parameters()),
+                "lm_head": list(language_model.get_output_embeddings().parameters()),
+                "embeddings": list(language_model.get_input_embeddings().parameters())}
+
     def _decode(self, token_ids: torch.Tensor) -> str:
         _, tokenizer = self._require()
         text = tokenizer.decode(token_ids.tolist(), skip_special_tokens=False)
         for token in (tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token, IMAGE_TOKEN):
-            text = text.replace(token, "")
+            if token:
+                text = text.replace(token, "")
         return text.strip()
 
 
