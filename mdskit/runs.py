@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .build import build_cot_generator, build_model, build_tts
 from .checkpoint import read_record, recover_folder
 from .cot import attach_text
 from .datasets import DatasetAdapter
+from .distributed import ParallelSettings
 from .errors import DataError, MdskitError
 from .evaluation import predict, prediction_record, result_from_record
 from .methods import MethodRegistry, MethodSpec, load_methods
@@ -29,8 +31,6 @@ from .model import MdsModel
 from .outputs import append_jsonl, overlay, provenance, read_jsonl, rewrite_jsonl, save_png, write_json
 from .registry import Components
 from .sample import MdsSample
-from . import distributed
-from .distributed import ParallelSettings
 from .training import ProgressCallback, Trainer, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ def prepare_model(workspace: Workspace, spec: MethodSpec, settings: RunSettings,
     if settings.checkpoint is not None:
         return build_model(spec, workspace.components, settings.checkpoint), None
 
+    check_parallel(spec, parallel)
     folder = settings.out / "checkpoint"
     with distributed.main_process_first():
         if distributed.is_main_process():
@@ -189,6 +190,19 @@ def prepare_model(workspace: Workspace, spec: MethodSpec, settings: RunSettings,
     trainer = Trainer(model, spec, train_samples, folder, steps=settings.train_steps, seed=settings.seed,
                       progress=progress, parallel=parallel)
     return model, trainer.fit(start_step=start)
+
+
+def check_parallel(spec: MethodSpec, parallel: ParallelSettings | None) -> None:
+    """Reject a batch split or strategy that cannot run, before data or weights are loaded.
+
+    Raises:
+        ConfigError: the batch does not split evenly over processes and
+            accumulation steps, or the strategy or precision needs CUDA.
+    """
+    parallel = parallel or ParallelSettings()
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    distributed.check_strategy(replace(parallel, precision=spec.training.precision), distributed.world_size(), device)
+    distributed.micro_batch_size(spec.training.batch_size, distributed.world_size(), parallel.accumulation)
 
 
 def with_precision(spec: MethodSpec, parallel: ParallelSettings | None) -> MethodSpec:
