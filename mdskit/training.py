@@ -43,6 +43,7 @@ from .checkpoint import load_optimizer, read_record, save_checkpoint
 from .distributed import ParallelSettings
 from .methods import MethodSpec, TrainingConfig
 from .model import EncodedImages, MdsModel
+from .outputs import append_jsonl
 from .sample import MdsSample
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,12 @@ ProgressCallback = Callable[[str, int, int, dict[str, float]], None]
 
 ENCODE_CHUNK = 8
 LOSS_TERMS = ("ce", "bce", "dice")
+LOSS_LOG = "train-losses.jsonl"
+"""Per-step losses of the global batch, one JSON line per step, beside the checkpoint folder.
+
+A resumed run appends to it; a step listed twice (trained again after an
+interruption before its checkpoint) counts with its last line.
+"""
 
 
 @dataclass
@@ -254,8 +261,12 @@ class StepHook(Hook):
         self.pending = {}
         self.history.append(values)
         config = trainer.config
-        if trainer.progress and distributed.is_main_process():
-            trainer.progress("train", step, trainer.steps, values)
+        if distributed.is_main_process():
+            logger.info("step %d/%d: %s", step, trainer.steps,
+                        ", ".join(f"{key} {value:.4f}" for key, value in sorted(values.items())))
+            append_jsonl(trainer.loss_log, {"step": step, **values})
+            if trainer.progress:
+                trainer.progress("train", step, trainer.steps, values)
         if step % config.checkpoint_every == 0 or step == trainer.steps:
             trainer.save(runner, step)
 
@@ -297,6 +308,7 @@ class Trainer:
         self.micro_batches = MicroBatches(len(self.samples), self.config.batch_size, seed, self.steps,
                                           self.processes, distributed.rank(), self.parallel.accumulation)
         self.device = device
+        self.loss_log = self.folder.parent / LOSS_LOG
 
     def fit(self, start_step: int = 0) -> TrainResult:
         """Run optimizer steps from ``start_step`` up to the budget."""

