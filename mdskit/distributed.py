@@ -210,8 +210,8 @@ def check_strategy(settings: ParallelSettings, processes: int, device: torch.dev
                           "'pip install deepspeed' or use --strategy ddp or fsdp.")
 
 
-def strategy_config(settings: ParallelSettings, processes: int, device: torch.device,
-                    micro_batch: int) -> dict[str, Any] | None:
+def strategy_config(settings: ParallelSettings, processes: int, device: torch.device, micro_batch: int,
+                    grad_clip: float) -> dict[str, Any] | None:
     """Return mmengine's strategy config, or None for one process.
 
     DDP looks for unused parameters because a method leaves some decoder
@@ -228,9 +228,33 @@ def strategy_config(settings: ParallelSettings, processes: int, device: torch.de
     if settings.strategy == "fsdp":
         wrapper = dict(type="MMFullyShardedDataParallel", use_orig_params=True)
         return dict(type="FSDPStrategy", model_wrapper=wrapper)
+    # DeepSpeed clips and accumulates itself; the weights stay float32 and
+    # the forward pass runs under the training model's own autocast.
     config = dict(train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=settings.accumulation,
-                  zero_optimization=dict(stage=settings.zero_stage))
+                  gradient_clipping=grad_clip, zero_optimization=dict(stage=settings.zero_stage))
     return dict(type="DeepSpeedStrategy", config=config)
+
+
+def optim_wrapper_config(settings: ParallelSettings, processes: int, precision: str, optimizer: dict[str, Any],
+                         grad_clip: float) -> dict[str, Any]:
+    """Return mmengine's optimizer wrapper config for the strategy.
+
+    The wrapper clips the gradient norm and accumulates micro-batches; with
+    float16 it also scales the loss (mmengine's ``AmpOptimWrapper``).
+    """
+    common = dict(constructor="TrainableParametersConstructor", optimizer=optimizer)
+    if processes > 1 and settings.strategy == "deepspeed":
+        return dict(type="DeepSpeedOptimWrapper", **common)
+    wrapper = dict(common, type="OptimWrapper", clip_grad=dict(max_norm=grad_clip),
+                   accumulative_counts=settings.accumulation)
+    if precision == "float16":
+        wrapper.update(type="AmpOptimWrapper", dtype="float16")
+    if processes > 1 and settings.strategy == "fsdp":
+        if precision == "float16":
+            raise ConfigError("float16 loss scaling is not combined with --strategy fsdp here; use "
+                              "--precision bfloat16 with fsdp.")
+        wrapper["type"] = "ShardedClipOptimWrapper"
+    return wrapper
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
@@ -227,10 +227,31 @@ class TrainableParametersConstructor(DefaultOptimWrapperConstructor):
         optimizer_type = optimizer_config.pop("type")
         optimizer = getattr(torch.optim, optimizer_type)(parameters, **optimizer_config)
         wrapper_config = self.optim_wrapper_cfg.copy()
-        wrapper_type = wrapper_config.pop("type", "OptimWrapper")
-        from mmengine.registry import OPTIM_WRAPPERS
+        wrapper_config.setdefault("type", "OptimWrapper")
+        return OPTIM_WRAPPERS.build(wrapper_config, default_args=dict(optimizer=optimizer))
 
-        return OPTIM_WRAPPERS.build(dict(type=wrapper_type, **wrapper_config), default_args=dict(optimizer=optimizer))
+
+@OPTIM_WRAPPERS.register_module(force=True)
+class ShardedClipOptimWrapper(OptimWrapper):
+    """An optimizer wrapper that clips the gradient norm of an FSDP model over all shards.
+
+    The plain wrapper would clip each process's shard by its own norm.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._model: torch.nn.Module | None = None
+
+    @contextlib.contextmanager
+    def optim_context(self, model: torch.nn.Module):
+        self._model = model
+        with super().optim_context(model):
+            yield
+
+    def _clip_grad(self) -> None:
+        # NOTE: written for FSDP on GPUs and not yet run on one.
+        norm = self._model.clip_grad_norm_(**self.clip_grad_kwargs)
+        self.message_hub.update_scalar(f"train/{self.grad_name}", float(norm))
 
 
 class StepHook(Hook):
@@ -344,16 +365,12 @@ class Trainer:
         # Each dataset item is already a whole micro-batch of sample indices.
         loader = DataLoader(self.micro_batches, batch_size=1, shuffle=False, collate_fn=_single_item)
         config = self.config
-        wrapper_type = "AmpOptimWrapper" if self.precision == "float16" else "OptimWrapper"
-        optim_wrapper = dict(
-            type=wrapper_type, constructor="TrainableParametersConstructor",
-            optimizer=dict(type="AdamW", lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay),
-            clip_grad=dict(max_norm=config.grad_clip), accumulative_counts=self.parallel.accumulation)
-        if wrapper_type == "AmpOptimWrapper":
-            optim_wrapper["dtype"] = "float16"
+        optimizer = dict(type="AdamW", lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+        optim_wrapper = distributed.optim_wrapper_config(self.parallel, self.processes, self.precision, optimizer,
+                                                         config.grad_clip)
         launcher = "pytorch" if self.processes > 1 else "none"
         strategy = distributed.strategy_config(self.parallel, self.processes, self.device,
-                                               self.micro_batches.micro_batch)
+                                               self.micro_batches.micro_batch, config.grad_clip)
         # The runner seeds every generator when it starts; keep the caller's
         # random state so that a run draws what the plain loop drew.
         states = torch.get_rng_state(), np.random.get_state(), random.getstate()
