@@ -41,7 +41,7 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class ParallelSettings:
-    """How a run is spread over processes and how it saves memory.
+    """Process layout, strategy and memory options of a training run.
 
     Attributes:
         launcher: ``pytorch`` when the processes were started by ``torchrun``
@@ -77,7 +77,7 @@ class ParallelSettings:
 
 
 def launched_by_torchrun() -> bool:
-    """Return whether the environment holds ``torchrun``'s rendezvous variables."""
+    """Return whether the environment contains ``torchrun``'s rendezvous variables."""
     return all(name in os.environ for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
 
 
@@ -133,15 +133,6 @@ def barrier() -> None:
     """Wait for every process (no-op in a one-process run)."""
     if is_distributed():
         dist.barrier()
-
-
-def broadcast_object(value: Any) -> Any:
-    """Return rank 0's ``value`` on every process."""
-    if not is_distributed():
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
 
 
 def all_gather_objects(value: Any) -> list[Any]:
@@ -221,7 +212,9 @@ def strategy_config(settings: ParallelSettings, processes: int, device: torch.de
     if processes == 1:
         return None
     if settings.strategy == "ddp":
-        device_ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
+        device_ids = None
+        if device.type == "cuda":
+            device_ids = [device.index if device.index is not None else 0]
         wrapper = dict(type="MMDistributedDataParallel", device_ids=device_ids, find_unused_parameters=True,
                        broadcast_buffers=False)
         return dict(type="DDPStrategy", model_wrapper=wrapper)

@@ -224,7 +224,7 @@ def run_method(settings: RunSettings, workspace: Workspace | None = None,
 
     In a multi-process run (see :mod:`mdskit.distributed`) every process
     trains on its share of each batch and predicts its share of the test
-    samples; rank 0 writes the records and the metrics.
+    samples. Rank 0 writes the records and the metrics.
     """
     workspace = workspace or Workspace.load()
     spec = with_precision(workspace.registry.method(settings.method), parallel)

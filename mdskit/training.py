@@ -68,7 +68,7 @@ class TrainResult:
     Attributes:
         start_step: Step the run resumed from (0 for a fresh run).
         steps: Step budget reached.
-        seconds: Wall time of this run's optimizer steps.
+        seconds: Wall time of this run's optimizer steps, without encoding the images.
         losses: Mean loss terms over this run's last 20 steps.
         history: Loss terms of every step of this run, in step order.
     """
@@ -267,6 +267,14 @@ class StepHook(Hook):
         self.trainer = trainer
         self.pending: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
+        self.started: float | None = None
+        self.seconds = 0.0
+
+    def before_train(self, runner) -> None:
+        self.started = time.perf_counter()
+
+    def after_train(self, runner) -> None:
+        self.seconds = time.perf_counter() - self.started
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         trainer = self.trainer
@@ -350,14 +358,12 @@ class Trainer:
         # optimizer state is restored and the images encoded in before_run.
         runner.register_hook(_PrepareHook(self, training_model, start_step), priority="VERY_HIGH")
 
-        began = time.perf_counter()
         self.model.train()
         runner.train()
         self.model.eval()
-        seconds = time.perf_counter() - began
         recent = hook.history[-20:]
         means = {key: sum(item[key] for item in recent) / len(recent) for key in recent[0]}
-        return TrainResult(start_step, self.steps, seconds, means, hook.history)
+        return TrainResult(start_step, self.steps, hook.seconds, means, hook.history)
 
     def _runner(self, training_model: MdsTrainingModel, hook: StepHook):
         from mmengine.runner import FlexibleRunner
