@@ -189,7 +189,11 @@ def prepare_model(workspace: Workspace, spec: MethodSpec, settings: RunSettings,
         model.rebuild_projection()
     trainer = Trainer(model, spec, train_samples, folder, steps=settings.train_steps, seed=settings.seed,
                       progress=progress, parallel=parallel)
-    return model, trainer.fit(start_step=start)
+    result = trainer.fit(start_step=start)
+    if trainer.shards_weights:
+        # The trained weights exist whole only in the checkpoint that rank 0 wrote.
+        model = build_model(spec, workspace.components, folder)
+    return model, result
 
 
 def check_parallel(spec: MethodSpec, parallel: ParallelSettings | None) -> None:

@@ -351,12 +351,16 @@ class Trainer:
         self._log_settings()
         chunks = self.processes * self.parallel.accumulation
         training_model = MdsTrainingModel(self.model, self.config, self.samples, self.precision, chunks)
+        # Encode before any wrapper exists: FSDP would shard the frozen
+        # encoder's weights, which encoding reads outside the wrapped forward.
+        self.model.to(self.device)
+        training_model.encoded = self._encode_all()
         hook = StepHook(self)
         runner = self._runner(training_model, hook)
         runner.train_loop._iter = start_step * self.parallel.accumulation
-        # The runner builds the optimizer and moves the model in train(); the
-        # optimizer state is restored and the images encoded in before_run.
-        runner.register_hook(_PrepareHook(self, training_model, start_step), priority="VERY_HIGH")
+        # The runner builds the optimizer in train(); the resumed state is
+        # loaded into it in before_run.
+        runner.register_hook(_ResumeHook(self, start_step), priority="VERY_HIGH")
 
         self.model.train()
         runner.train()
@@ -402,12 +406,21 @@ class Trainer:
             self.steps, self.micro_batches.batch_size, self.processes, self.parallel.accumulation, micro,
             self.parallel.strategy if self.processes > 1 else "single process", self.precision)
 
-    def prepare(self, runner, training_model: MdsTrainingModel, start_step: int) -> None:
-        """Restore the optimizer state of a resumed run and encode the training images."""
-        optimizer = runner.optim_wrapper.optimizer
-        if start_step > 0 and load_optimizer(self.folder, optimizer, read_record(self.folder)):
+    @property
+    def shards_weights(self) -> bool:
+        """Whether the strategy leaves the unwrapped model's weights sharded after training (FSDP, DeepSpeed)."""
+        return self.processes > 1 and self.parallel.strategy != "ddp"
+
+    def restore_optimizer(self, runner, start_step: int) -> None:
+        """Load the AdamW state of the checkpoint that a resumed run starts from."""
+        if start_step == 0:
+            return
+        if self.shards_weights:
+            logger.warning("strategy %s shards the optimizer state, so AdamW restarts from zero moments at step %d",
+                           self.parallel.strategy, start_step)
+            return
+        if load_optimizer(self.folder, runner.optim_wrapper.optimizer, read_record(self.folder)):
             logger.info("resumed the optimizer state at step %d", start_step)
-        training_model.encoded = self._encode_all()
 
     def _encode_all(self) -> EncodedImages:
         chunks = []
@@ -426,9 +439,9 @@ class Trainer:
     def save(self, runner, step: int) -> None:
         """Write the checkpoint of ``step`` from rank 0; the other ranks wait for it."""
         optimizer = runner.optim_wrapper.optimizer
-        if self.processes > 1 and self.parallel.strategy != "ddp":
+        if self.shards_weights:
             # NOTE: FSDP and DeepSpeed shard the optimizer state, so only the
-            # weights are saved; a resumed run starts AdamW's moments afresh.
+            # weights are saved, and a resumed run starts AdamW's moments afresh.
             optimizer = None
         with distributed.full_parameters(runner.model):
             if distributed.is_main_process():
@@ -439,16 +452,15 @@ class Trainer:
         distributed.barrier()
 
 
-class _PrepareHook(Hook):
-    """Call :meth:`Trainer.prepare` once the runner has built the optimizer."""
+class _ResumeHook(Hook):
+    """Call :meth:`Trainer.restore_optimizer` once the runner has built the optimizer."""
 
-    def __init__(self, trainer: Trainer, training_model: MdsTrainingModel, start_step: int) -> None:
+    def __init__(self, trainer: Trainer, start_step: int) -> None:
         self.trainer = trainer
-        self.training_model = training_model
         self.start_step = start_step
 
     def before_run(self, runner) -> None:
-        self.trainer.prepare(runner, self.training_model, self.start_step)
+        self.trainer.restore_optimizer(runner, self.start_step)
 
 
 _RUNNER_IDS = itertools.count()

@@ -233,6 +233,19 @@ def test_two_processes_give_same_losses(one_and_two_processes):
 
 
 @pytest.mark.slow
+def test_accumulation_matches_two_processes(one_and_two_processes, registry, tmp_path):
+    """One process with 2 accumulation steps trains on the same micro-batches as two processes."""
+    _, two, _ = one_and_two_processes
+    result = cli(registry, "train", "tiny-sim4seg", "--max-samples", "5", "--precision", "float32",
+                 "--accumulate", "2", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    expected, losses = step_losses(two), step_losses(tmp_path)
+    assert sorted(losses) == [1, 2, 3, 4]
+    for step in expected:
+        assert losses[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-3), step
+
+
+@pytest.mark.slow
 def test_two_processes_write_each_prediction_once(one_and_two_processes):
     one, two, _ = one_and_two_processes
     first = [json.loads(line) for line in (one / "predictions.jsonl").read_text().splitlines()]
