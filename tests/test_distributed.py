@@ -253,6 +253,9 @@ def test_two_processes_write_each_prediction_once(one_and_two_processes):
     assert len(second) == 5
     assert [record["id"] for record in second] == [record["id"] for record in first]
     assert [record["predicted_diagnosis"] for record in second] == [record["predicted_diagnosis"] for record in first]
+    # The tiny model's masks are mostly empty after 4 steps, so the
+    # generated texts are the sharper check that both runs predict alike.
+    assert [record["text"] for record in second] == [record["text"] for record in first]
 
 
 @pytest.mark.slow
