@@ -99,6 +99,15 @@ class VisionLanguageBackbone(nn.Module):
         """Teacher-forced pass over question and answer, with the loss."""
         raise NotImplementedError
 
+    def target_token_count(self, questions: Sequence[str], answers: Sequence[str]) -> int | None:
+        """Return the number of answer tokens that the loss of :meth:`forward` averages over.
+
+        Training that splits a batch over processes or micro-batches uses it
+        to weight each part's mean cross-entropy, so the sum equals the mean
+        over the whole batch. None (the default) weights the parts equally.
+        """
+        return None
+
     def generate(self, image_features: torch.Tensor, questions: Sequence[str], num_paths: int = 1,
                  temperature: float = 1.0, do_sample: bool = False) -> GeneratedAnswers:
         """Generate ``num_paths`` answers per request in one batched call."""

@@ -99,6 +99,28 @@ def _data_options(function):
     return function
 
 
+def _parallel_options(function):
+    """Add the options that spread training over processes and save memory."""
+    options = [
+        click.option("--launcher", type=click.Choice(["none", "pytorch"]),
+                     help="How the processes were started: pytorch under torchrun, none for one process "
+                          "(default: pytorch when torchrun's variables are set)."),
+        click.option("--strategy", type=click.Choice(["ddp", "fsdp", "deepspeed"]), default="ddp",
+                     show_default=True,
+                     help="Multi-process strategy: ddp (CPU or GPU), fsdp or deepspeed (GPU only, sharded "
+                          "optimizer state and, with fsdp, sharded weights)."),
+        click.option("--accumulate", "accumulation", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Micro-batches per optimizer step on each process (gradient accumulation); the "
+                          "method's batch size must be a multiple of processes x this."),
+        click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]),
+                     help="Autocast dtype of the training forward pass (default: the method's "
+                          "training.precision); float16 needs CUDA."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 def _tts_options(function):
     """Add the options that override the test-time scaling strategy's parameters."""
     options = [
@@ -131,14 +153,19 @@ def _tts_options(function):
               help="Output folder (default: runs/METHOD-TTSS); rerunning resumes it.")
 @_tts_options
 @_data_options
+@_parallel_options
 @click.pass_context
 def run(context, method, ttss, checkpoint, out, num_paths, temperature, num_perturbations, num_questions, score,
-        data, train_steps, seed, max_samples):
-    """Train METHOD (or load --checkpoint) and evaluate it on the test splits."""
+        data, train_steps, seed, max_samples, launcher, strategy, accumulation, precision):
+    """Train METHOD (or load --checkpoint) and evaluate it on the test splits.
+
+    Under torchrun every process trains on its share of each batch and
+    predicts its share of the test samples; rank 0 writes the outputs.
+    """
     from .runs import RunSettings, parse_data_option, run_method
 
     out = out or Path("runs") / f"{method}-{ttss}"
-    with _user_errors(out):
+    with _user_errors(out), _process_group(launcher, strategy, accumulation, precision) as parallel:
         workspace = _workspace(context)
         _override_tts(workspace, ttss, num_perturbations=num_perturbations, num_questions=num_questions,
                       score=score)
@@ -147,7 +174,9 @@ def run(context, method, ttss, checkpoint, out, num_paths, temperature, num_pert
                                num_paths=num_paths, temperature=temperature, max_samples=max_samples)
         _announce_data(workspace, settings.data)
         with _progress() as (on_progress, on_sample):
-            result = run_method(settings, workspace, progress=on_progress, on_sample=on_sample)
+            result = run_method(settings, workspace, progress=on_progress, on_sample=on_sample, parallel=parallel)
+        if not _is_main_process():
+            return
         _print_metrics(result.metrics)
         output.print(f"Outputs: {out / 'metrics.json'}, {out / 'predictions.jsonl'}, {out / 'masks'}, "
                      f"{out / 'overlays'}")
@@ -166,23 +195,50 @@ def _override_tts(workspace, ttss: str, **overrides) -> None:
 @click.option("--out", type=click.Path(path_type=Path),
               help="Output folder (default: runs/METHOD-train); the checkpoint goes to OUT/checkpoint.")
 @_data_options
+@_parallel_options
 @click.pass_context
-def train(context, method, out, data, train_steps, seed, max_samples):
-    """Train METHOD and save a checkpoint without evaluating it."""
+def train(context, method, out, data, train_steps, seed, max_samples, launcher, strategy, accumulation, precision):
+    """Train METHOD and save a checkpoint without evaluating it.
+
+    For several processes start it with torchrun, for example
+    'torchrun --nproc-per-node 2 -m mdskit.cli train METHOD'.
+    """
     from .runs import RunSettings, parse_data_option, train_only
 
     out = out or Path("runs") / f"{method}-train"
-    with _user_errors(out):
+    with _user_errors(out), _process_group(launcher, strategy, accumulation, precision) as parallel:
         workspace = _workspace(context)
         settings = RunSettings(method=method, data=parse_data_option(data, workspace.components), out=out,
                                train_steps=train_steps, seed=seed, max_samples=max_samples)
         _announce_data(workspace, settings.data)
         with _progress() as (on_progress, _):
-            result = train_only(settings, workspace, progress=on_progress)
+            result = train_only(settings, workspace, progress=on_progress, parallel=parallel)
+        if not _is_main_process():
+            return
         if result is not None and result.losses:
             values = ", ".join(f"{key} {value:.3f}" for key, value in result.losses.items())
             output.print(f"Trained steps {result.start_step}-{result.steps} in {result.seconds:.0f} s ({values}).")
         output.print(f"Checkpoint: {out / 'checkpoint'}")
+
+
+@contextmanager
+def _process_group(launcher: str | None, strategy: str, accumulation: int, precision: str | None):
+    """Join the process group of a torchrun launch for the block and leave it afterwards."""
+    from . import distributed
+
+    parallel = distributed.ParallelSettings(launcher=launcher, strategy=strategy, accumulation=accumulation,
+                                            precision=precision)
+    distributed.init_process_group(parallel)
+    try:
+        yield parallel
+    finally:
+        distributed.shutdown()
+
+
+def _is_main_process() -> bool:
+    from . import distributed
+
+    return distributed.is_main_process()
 
 
 def _parse_window(context, parameter, value: str | None) -> tuple[float, float] | None:
@@ -470,3 +526,7 @@ def _print_metrics(metrics: dict) -> None:
     output.print(table)
     output.print("gIoU: mean per-sample IoU (both masks empty = 1); cIoU: total intersection / total union; "
                  "values in %.", highlight=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .build import build_cot_generator, build_model, build_tts
 from .checkpoint import checkpoint_step, read_record, recover_folder
 from .cot import attach_text
 from .datasets import DatasetAdapter
+from .distributed import ParallelSettings
 from .errors import DataError, MdskitError
 from .finetune import apply_finetuning
 from .evaluation import predict, prediction_record, result_from_record
@@ -160,12 +162,21 @@ class RunResult:
 
 
 def prepare_model(workspace: Workspace, spec: MethodSpec, settings: RunSettings,
-                  adapters: dict[str, DatasetAdapter], progress: ProgressCallback | None) -> tuple[MdsModel, TrainResult | None]:
-    """Load the given checkpoint, or train (resuming) one under ``out/checkpoint``."""
+                  adapters: dict[str, DatasetAdapter], progress: ProgressCallback | None,
+                  parallel: ParallelSettings | None = None) -> tuple[MdsModel, TrainResult | None]:
+    """Load the given checkpoint, or train (resuming) one under ``out/checkpoint``.
+
+    In a multi-process run every process builds the model from the same
+    seed, and DDP copies rank 0's weights to the others when it wraps it.
+    """
     if settings.checkpoint is not None:
         return build_model(spec, workspace.components, settings.checkpoint), None
 
-    folder = recover_folder(settings.out / "checkpoint")
+    check_parallel(spec, parallel)
+    folder = settings.out / "checkpoint"
+    with distributed.main_process_first():
+        if distributed.is_main_process():
+            recover_folder(folder)
     train_samples = load_split(adapters, "train", spec, workspace.components, settings.max_samples, settings.seed)
     start = 0
     torch.manual_seed(settings.seed)
@@ -180,24 +191,59 @@ def prepare_model(workspace: Workspace, spec: MethodSpec, settings: RunSettings,
     if spec.finetune is not None:
         apply_finetuning(model, spec.finetune)
     trainer = Trainer(model, spec, train_samples, folder, steps=settings.train_steps, seed=settings.seed,
-                      progress=progress)
-    return model, trainer.fit(start_step=start)
+                      progress=progress, parallel=parallel)
+    result = trainer.fit(start_step=start)
+    if trainer.shards_weights:
+        # The trained weights exist whole only in the checkpoint that rank 0 wrote.
+        model = build_model(spec, workspace.components, folder)
+    return model, result
+
+
+def check_parallel(spec: MethodSpec, parallel: ParallelSettings | None) -> None:
+    """Reject a batch split or strategy that cannot run, before data or weights are loaded.
+
+    Raises:
+        ConfigError: the batch does not split evenly over processes and
+            accumulation steps, or the strategy or precision needs CUDA.
+    """
+    parallel = parallel or ParallelSettings()
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    distributed.check_strategy(replace(parallel, precision=spec.training.precision), distributed.world_size(), device)
+    distributed.micro_batch_size(spec.training.batch_size, distributed.world_size(), parallel.accumulation)
+
+
+def with_precision(spec: MethodSpec, parallel: ParallelSettings | None) -> MethodSpec:
+    """Return ``spec`` with the forward precision that ``parallel`` overrides, if any.
+
+    The precision changes the results, so it enters the method record that
+    fingerprints runs and checkpoints.
+    """
+    if parallel is None or parallel.precision is None or parallel.precision == spec.training.precision:
+        return spec
+    return replace(spec, training=replace(spec.training, precision=parallel.precision))
 
 
 def run_method(settings: RunSettings, workspace: Workspace | None = None,
                progress: ProgressCallback | None = None,
-               on_sample: Callable[[int, int], None] | None = None) -> RunResult:
-    """Train (or load) a method, evaluate it on the test splits and write the outputs."""
+               on_sample: Callable[[int, int], None] | None = None,
+               parallel: ParallelSettings | None = None) -> RunResult:
+    """Train (or load) a method, evaluate it on the test splits and write the outputs.
+
+    In a multi-process run (see :mod:`mdskit.distributed`) every process
+    trains on its share of each batch and predicts its share of the test
+    samples. Rank 0 writes the records and the metrics.
+    """
     workspace = workspace or Workspace.load()
-    spec = workspace.registry.method(settings.method)
+    spec = with_precision(workspace.registry.method(settings.method), parallel)
     strategy = build_tts(settings.ttss, workspace.components, workspace.registry,
                          settings.num_paths, settings.temperature)
     tts_params = strategy.params()
     out = settings.out
     adapters = open_datasets(workspace.components, settings.data)
-    _claim_folder(out, settings.fingerprint(spec, tts_params), settings, tts_params)
+    with distributed.main_process_first():
+        _claim_folder(out, settings.fingerprint(spec, tts_params), settings, tts_params)
 
-    model, train_result = prepare_model(workspace, spec, settings, adapters, progress)
+    model, train_result = prepare_model(workspace, spec, settings, adapters, progress, parallel)
     test_samples = load_split(adapters, "test", spec, workspace.components, settings.max_samples, settings.seed)
     results = _evaluate(model, test_samples, strategy, settings, on_sample)
 
@@ -212,7 +258,9 @@ def run_method(settings: RunSettings, workspace: Workspace | None = None,
         "provenance": {**provenance(settings.seed, model.device), "train_steps": _trained_steps(spec, settings),
                        "checkpoint": str(settings.checkpoint or out / "checkpoint")},
     }
-    write_json(out / "metrics.json", metrics)
+    if distributed.is_main_process():
+        write_json(out / "metrics.json", metrics)
+    distributed.barrier()
     return RunResult(metrics, out, train_result)
 
 
@@ -226,16 +274,18 @@ def _upper_bound_note(strategy) -> dict[str, Any]:
 
 
 def train_only(settings: RunSettings, workspace: Workspace | None = None,
-               progress: ProgressCallback | None = None) -> TrainResult | None:
+               progress: ProgressCallback | None = None,
+               parallel: ParallelSettings | None = None) -> TrainResult | None:
     """Train a method into ``out/checkpoint`` without evaluating it."""
     workspace = workspace or Workspace.load()
-    spec = workspace.registry.method(settings.method)
+    spec = with_precision(workspace.registry.method(settings.method), parallel)
     # The learning rate is constant and batch order depends only on the seed,
     # so a checkpoint's first N steps do not depend on the budget: rerunning
     # with a larger --train-steps continues training.
     adapters = open_datasets(workspace.components, settings.data)
-    _claim_folder(settings.out, replace(settings, train_steps=None).fingerprint(spec, {}), settings)
-    _, result = prepare_model(workspace, spec, settings, adapters, progress)
+    with distributed.main_process_first():
+        _claim_folder(settings.out, replace(settings, train_steps=None).fingerprint(spec, {}), settings)
+    _, result = prepare_model(workspace, spec, settings, adapters, progress, parallel)
     return result
 
 
@@ -277,30 +327,49 @@ def _claim_folder(out: Path, fingerprint: str, settings: RunSettings, tts_params
 
 def _evaluate(model: MdsModel, samples: list[MdsSample], strategy, settings: RunSettings,
               on_sample: Callable[[int, int], None] | None) -> list[SampleResult]:
-    """Predict every sample not yet in ``predictions.jsonl`` and score all of them."""
+    """Predict every sample not yet in ``predictions.jsonl`` and score all of them.
+
+    With several processes the pending samples are predicted in rounds of
+    one sample per rank. After each round every rank receives all records
+    of the round, and rank 0 appends them in sample order, so an interrupted
+    run keeps every finished round and the file never lists a sample twice.
+    """
     path = settings.out / "predictions.jsonl"
     by_uid = {sample.uid: sample for sample in samples}
     done = {record["id"]: record for record in read_jsonl(path) if record.get("id") in by_uid}
-    rewrite_jsonl(path, list(done.values()))
+    distributed.barrier()
+    if distributed.is_main_process():
+        rewrite_jsonl(path, list(done.values()))
     if done:
         logger.info("%d of %d samples already predicted in %s", len(done), len(samples), path)
 
-    results = []
-    for index, sample in enumerate(samples):
-        if sample.uid in done:
-            results.append(result_from_record(done[sample.uid], sample))
-        else:
-            started = time.perf_counter()
-            prediction = predict(model, sample, strategy, seed=settings.seed)
-            seconds = time.perf_counter() - started
-            result = prediction.score()
-            _save_images(settings.out, prediction)
-            # Inference latency of the sample (all paths), for the benchmark's cost columns.
-            append_jsonl(path, {**prediction_record(prediction, result), "seconds": round(seconds, 4)})
-            results.append(result)
-        if on_sample:
-            on_sample(index + 1, len(samples))
-    return results
+    pending = [sample for sample in samples if sample.uid not in done]
+    processes, rank = distributed.world_size(), distributed.rank()
+    for start in range(0, len(pending), processes):
+        round_samples = pending[start:start + processes]
+        record = None
+        if rank < len(round_samples):
+            record = _predict_record(model, round_samples[rank], strategy, settings)
+        for gathered in distributed.all_gather_objects(record):
+            if gathered is None:
+                continue
+            done[gathered["id"]] = gathered
+            if distributed.is_main_process():
+                append_jsonl(path, gathered)
+        if on_sample and distributed.is_main_process():
+            on_sample(len(done), len(samples))
+    return [result_from_record(done[sample.uid], sample) for sample in samples]
+
+
+def _predict_record(model: MdsModel, sample: MdsSample, strategy, settings: RunSettings) -> dict:
+    """Predict one sample, save its images and return its ``predictions.jsonl`` record."""
+    started = time.perf_counter()
+    prediction = predict(model, sample, strategy, seed=settings.seed)
+    seconds = time.perf_counter() - started
+    result = prediction.score()
+    _save_images(settings.out, prediction)
+    # Inference latency of the sample (all paths), for the benchmark's cost columns.
+    return {**prediction_record(prediction, result), "seconds": round(seconds, 4)}
 
 
 def _save_images(out: Path, prediction) -> None:

@@ -168,6 +168,10 @@ class LlavaBackbone(VisionLanguageBackbone):
         attention_mask = torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in rows], device=device)
         return input_ids, label_ids, attention_mask
 
+    def target_token_count(self, questions: Sequence[str], answers: Sequence[str]) -> int:
+        """Return the answer tokens (with the end token) that the causal LM loss averages over."""
+        return sum(len(self._answer_ids(answer)) for answer in answers)
+
     def forward(self, image_features: torch.Tensor, questions: Sequence[str],
                 answers: Sequence[str]) -> BackboneOutput:
         """Teacher-forced pass; the loss covers the answer tokens only."""

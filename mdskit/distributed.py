@@ -1,0 +1,273 @@
+"""Multi-process training and evaluation: process group, strategies, batch split.
+
+A run started by ``torchrun`` (which sets ``WORLD_SIZE``, ``RANK`` and
+``LOCAL_RANK``) or with ``--launcher pytorch`` joins a process group before
+any model is built: NCCL when CUDA is available, else gloo on the CPU. Every
+process trains on its share of each global batch, rank 0 writes checkpoints
+and results, and the evaluation splits the test samples over the ranks and
+gathers the per-sample records on every rank.
+
+Strategies run through mmengine's ``FlexibleRunner``:
+
+- ``ddp``: ``DistributedDataParallel``, on the CPU (gloo) or on GPUs;
+- ``fsdp``: ``FullyShardedDataParallel`` with the original parameters kept,
+  so frozen and trainable weights may share a module (GPUs only);
+- ``deepspeed``: DeepSpeed ZeRO stage 1 or 2 (GPUs only, and the
+  ``deepspeed`` package must be installed).
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+LAUNCHERS = ("none", "pytorch")
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ParallelSettings:
+    """Process layout, strategy and memory options of a training run.
+
+    Attributes:
+        launcher: ``pytorch`` when the processes were started by ``torchrun``
+            (or an equivalent that sets its environment variables), ``none``
+            for one process. ``None`` reads it from the environment.
+        strategy: ``ddp``, ``fsdp`` or ``deepspeed``; used with more than
+            one process.
+        accumulation: Micro-batches per optimizer step on each process
+            (gradient accumulation).
+        precision: Autocast dtype of the forward pass, overriding the
+            method's ``training.precision``; ``float16`` needs CUDA.
+        zero_stage: DeepSpeed ZeRO stage (1 or 2).
+    """
+
+    launcher: str | None = None
+    strategy: str = "ddp"
+    accumulation: int = 1
+    precision: str | None = None
+    zero_stage: int = 2
+
+    def __post_init__(self) -> None:
+        if self.launcher is not None and self.launcher not in LAUNCHERS:
+            raise ConfigError(f"launcher '{self.launcher}' is unknown; use one of {', '.join(LAUNCHERS)}.")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy '{self.strategy}' is unknown; use one of {', '.join(STRATEGIES)}.")
+        if self.accumulation < 1:
+            raise ConfigError(f"gradient accumulation {self.accumulation} is below 1; give 1 or more micro-batches.")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"precision '{self.precision}' is unknown; use one of {', '.join(PRECISIONS)}.")
+        if self.zero_stage not in (1, 2):
+            raise ConfigError(f"ZeRO stage {self.zero_stage} is not supported; use 1 or 2 (stage 3 shards the "
+                              "weights that the checkpoint writer reads whole).")
+
+
+def launched_by_torchrun() -> bool:
+    """Return whether the environment contains ``torchrun``'s rendezvous variables."""
+    return all(name in os.environ for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def resolve_launcher(settings: ParallelSettings) -> str:
+    """Return the launcher to use: the given one, else ``pytorch`` under ``torchrun``."""
+    if settings.launcher is not None:
+        if settings.launcher == "pytorch" and not launched_by_torchrun():
+            raise ConfigError("--launcher pytorch needs the variables that torchrun sets (WORLD_SIZE, RANK, "
+                              "LOCAL_RANK, MASTER_ADDR, MASTER_PORT); start the command with "
+                              "'torchrun --nproc-per-node N -m mdskit.cli ...'.")
+        return settings.launcher
+    return "pytorch" if launched_by_torchrun() else "none"
+
+
+def init_process_group(settings: ParallelSettings) -> None:
+    """Join the process group of a ``pytorch`` launch (once per process).
+
+    The group must exist before mmengine builds its runner: mmengine would
+    otherwise start NCCL, which fails on a CPU-only machine.
+    """
+    if resolve_launcher(settings) == "none" or is_distributed():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    logger.info("joined the %s process group as rank %d of %d", backend, rank(), world_size())
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process joined one."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in a one-process run)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Return every rank's ``value``, in rank order, on every process."""
+    if not is_distributed():
+        return [value]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def sum_across_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Sum each value over the processes (the same keys on every rank)."""
+    if not is_distributed() or not values:
+        return dict(values)
+    keys = sorted(values)
+    tensor = torch.tensor([values[key] for key in keys], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return dict(zip(keys, tensor.cpu().tolist(), strict=True))
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the block on rank 0, then on the other ranks (for shared files)."""
+    if not is_main_process():
+        barrier()
+    yield
+    if is_main_process():
+        barrier()
+
+
+def micro_batch_size(batch_size: int, processes: int, accumulation: int) -> int:
+    """Return the samples of one micro-batch, after checking that the split is exact.
+
+    Raises:
+        ConfigError: ``batch_size`` is not a multiple of processes x accumulation.
+    """
+    chunks = processes * accumulation
+    if batch_size % chunks:
+        raise ConfigError(
+            f"the global batch of {batch_size} samples does not split into {processes} processes x "
+            f"{accumulation} accumulation steps = {chunks} equal micro-batches; set training.batch_size to a "
+            f"multiple of {chunks}, or change the number of processes or --accumulate.")
+    return batch_size // chunks
+
+
+def check_strategy(settings: ParallelSettings, processes: int, device: torch.device) -> None:
+    """Reject a strategy that cannot run here, before any compute.
+
+    Raises:
+        ConfigError: FSDP or DeepSpeed without CUDA, DeepSpeed without its
+            package, or float16 on the CPU.
+    """
+    if settings.precision == "float16" and device.type != "cuda":
+        raise ConfigError("float16 training needs CUDA (its loss scaling and kernels are GPU-only); use "
+                          "--precision bfloat16 or float32 on the CPU.")
+    if processes == 1 or settings.strategy == "ddp":
+        return
+    if device.type != "cuda":
+        raise ConfigError(f"strategy '{settings.strategy}' needs CUDA GPUs (one per process); use "
+                          "--strategy ddp to train on CPUs.")
+    if settings.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("strategy 'deepspeed' needs the deepspeed package; install it with "
+                          "'pip install deepspeed' or use --strategy ddp or fsdp.")
+
+
+def strategy_config(settings: ParallelSettings, processes: int, device: torch.device, micro_batch: int,
+                    grad_clip: float) -> dict[str, Any] | None:
+    """Return mmengine's strategy config, or None for one process.
+
+    DDP looks for unused parameters because a method leaves some decoder
+    weights unused (for example the no-mask embedding when a dense prompt is
+    given). ``device_ids`` is None on the CPU, where gloo runs the reduction.
+    """
+    if processes == 1:
+        return None
+    if settings.strategy == "ddp":
+        device_ids = None
+        if device.type == "cuda":
+            device_ids = [device.index if device.index is not None else 0]
+        wrapper = dict(type="MMDistributedDataParallel", device_ids=device_ids, find_unused_parameters=True,
+                       broadcast_buffers=False)
+        return dict(type="DDPStrategy", model_wrapper=wrapper)
+    if settings.strategy == "fsdp":
+        wrapper = dict(type="MMFullyShardedDataParallel", use_orig_params=True)
+        return dict(type="FSDPStrategy", model_wrapper=wrapper)
+    # DeepSpeed clips and accumulates itself; the weights stay float32 and
+    # the forward pass runs under the training model's own autocast.
+    config = dict(train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=settings.accumulation,
+                  gradient_clipping=grad_clip, zero_optimization=dict(stage=settings.zero_stage))
+    return dict(type="DeepSpeedStrategy", config=config)
+
+
+def optim_wrapper_config(settings: ParallelSettings, processes: int, precision: str, optimizer: dict[str, Any],
+                         grad_clip: float) -> dict[str, Any]:
+    """Return mmengine's optimizer wrapper config for the strategy.
+
+    The wrapper clips the gradient norm and accumulates micro-batches; with
+    float16 it also scales the loss (mmengine's ``AmpOptimWrapper``).
+    """
+    common = dict(constructor="TrainableParametersConstructor", optimizer=optimizer)
+    if processes > 1 and settings.strategy == "deepspeed":
+        return dict(type="DeepSpeedOptimWrapper", **common)
+    wrapper = dict(common, type="OptimWrapper", clip_grad=dict(max_norm=grad_clip),
+                   accumulative_counts=settings.accumulation)
+    if precision == "float16":
+        wrapper.update(type="AmpOptimWrapper", dtype="float16")
+    if processes > 1 and settings.strategy == "fsdp":
+        if precision == "float16":
+            raise ConfigError("float16 loss scaling is not combined with --strategy fsdp here; use "
+                              "--precision bfloat16 with fsdp.")
+        wrapper["type"] = "ShardedClipOptimWrapper"
+    return wrapper
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """Return the module inside a DDP, FSDP or DeepSpeed wrapper."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+@contextmanager
+def full_parameters(model: torch.nn.Module) -> Iterator[None]:
+    """Make the whole weights visible on rank 0 inside the block (FSDP only; a no-op otherwise).
+
+    Every rank must enter the block, because gathering the shards is a
+    collective operation.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if not isinstance(model, FullyShardedDataParallel):
+        yield
+        return
+    with FullyShardedDataParallel.summon_full_params(model, writeback=False, rank0_only=True, offload_to_cpu=True):
+        yield
