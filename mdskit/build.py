@@ -6,12 +6,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import BACKBONE_FOLDER, check_matches, load_weights, read_record, recover_folder
+from .checkpoint import BACKBONE_FOLDER, METHOD_FILE, check_matches, load_weights, read_record, recover_folder
 from .cot import CotGenerator
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .methods import ComponentSpec, MethodRegistry, MethodSpec, check_params
 from .model import MdsModel
 from .registry import Components
+from .specialist import LABELS_KEY, SpecialistModel
 from .tts import TestTimeScaling
 
 logger = logging.getLogger(__name__)
@@ -23,12 +24,18 @@ def build_component(components: Components, role: str, spec: ComponentSpec, **ov
     return component(**{**spec.params, **overrides})
 
 
-def build_model(spec: MethodSpec, components: Components, checkpoint: str | Path | None = None) -> MdsModel:
+def build_model(spec: MethodSpec, components: Components,
+                checkpoint: str | Path | None = None) -> MdsModel | SpecialistModel:
     """Build the composite model of a method, from a checkpoint folder if given.
+
+    A specialist method gets its :class:`SpecialistModel` (see
+    :func:`build_specialist`).
 
     Without a checkpoint the backbone may still need ``setup(corpus)``
     before training (see :meth:`VisionLanguageBackbone.setup`).
     """
+    if spec.specialist is not None:
+        return build_specialist(spec, components, checkpoint)
     overrides: dict[str, Any] = {}
     folder = None
     if checkpoint is not None:
@@ -39,6 +46,31 @@ def build_model(spec: MethodSpec, components: Components, checkpoint: str | Path
     decoder = build_component(components, "decoder", spec.decoder)
     prompt = build_component(components, "prompt", spec.prompt) if spec.prompt else None
     model = MdsModel(backbone, decoder, prompt)
+    if folder is not None:
+        load_weights(folder, model)
+        logger.info("loaded method %s from checkpoint %s", spec.name, folder)
+    return model
+
+
+def build_specialist(spec: MethodSpec, components: Components, checkpoint: str | Path | None = None,
+                     labels: list[str] | None = None) -> SpecialistModel:
+    """Build a specialist method's model with its answer-text generator, from a checkpoint if given.
+
+    A checkpoint supplies the label names of the classification head;
+    without one, pass ``labels`` (the train split's, see
+    :func:`mdskit.specialist.train_labels`).
+    """
+    folder = None
+    if checkpoint is not None:
+        folder = recover_folder(Path(checkpoint))
+        record = read_record(folder)
+        check_matches(record, spec, folder)
+        labels = record.get(LABELS_KEY)
+        if not isinstance(labels, list) or not labels:
+            raise CheckpointError(f"{folder / METHOD_FILE} has no '{LABELS_KEY}' list of the classifier's labels; "
+                                  "retrain the checkpoint.")
+    model = build_component(components, "specialist", spec.specialist, labels=list(labels or []))
+    model.cot_generator = build_cot_generator(spec, components)
     if folder is not None:
         load_weights(folder, model)
         logger.info("loaded method %s from checkpoint %s", spec.name, folder)

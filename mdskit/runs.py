@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .build import build_cot_generator, build_model, build_tts
+from .build import build_cot_generator, build_model, build_specialist, build_tts
 from .checkpoint import read_record, recover_folder
 from .cot import attach_text
 from .datasets import DatasetAdapter
@@ -29,6 +29,8 @@ from .model import MdsModel
 from .outputs import append_jsonl, overlay, provenance, read_jsonl, rewrite_jsonl, save_png, write_json
 from .registry import Components
 from .sample import MdsSample
+from .specialist import SpecialistModel, train_labels
+from .specialist_training import SpecialistTrainer
 from .training import ProgressCallback, Trainer, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -159,7 +161,8 @@ class RunResult:
 
 
 def prepare_model(workspace: Workspace, spec: MethodSpec, settings: RunSettings,
-                  adapters: dict[str, DatasetAdapter], progress: ProgressCallback | None) -> tuple[MdsModel, TrainResult | None]:
+                  adapters: dict[str, DatasetAdapter],
+                  progress: ProgressCallback | None) -> tuple[MdsModel | SpecialistModel, TrainResult | None]:
     """Load the given checkpoint, or train (resuming) one under ``out/checkpoint``."""
     if settings.checkpoint is not None:
         return build_model(spec, workspace.components, settings.checkpoint), None
@@ -168,6 +171,8 @@ def prepare_model(workspace: Workspace, spec: MethodSpec, settings: RunSettings,
     train_samples = load_split(adapters, "train", spec, workspace.components, settings.max_samples, settings.seed)
     start = 0
     torch.manual_seed(settings.seed)
+    if spec.specialist is not None:
+        return _prepare_specialist(workspace, spec, settings, folder, train_samples, progress)
     if folder.exists():
         start = int(read_record(folder)["step"])
         model = build_model(spec, workspace.components, folder)
@@ -178,6 +183,22 @@ def prepare_model(workspace: Workspace, spec: MethodSpec, settings: RunSettings,
         model.rebuild_projection()
     trainer = Trainer(model, spec, train_samples, folder, steps=settings.train_steps, seed=settings.seed,
                       progress=progress)
+    return model, trainer.fit(start_step=start)
+
+
+def _prepare_specialist(workspace: Workspace, spec: MethodSpec, settings: RunSettings, folder: Path,
+                        train_samples: list[MdsSample],
+                        progress: ProgressCallback | None) -> tuple[SpecialistModel, TrainResult]:
+    """Train (resuming) a specialist method's model under ``folder``."""
+    start = 0
+    if folder.exists():
+        start = int(read_record(folder)["step"])
+        model = build_specialist(spec, workspace.components, folder)
+        logger.info("resuming training from %s at step %d", folder, start)
+    else:
+        model = build_specialist(spec, workspace.components, labels=train_labels(train_samples))
+    trainer = SpecialistTrainer(model, spec, train_samples, folder, steps=settings.train_steps, seed=settings.seed,
+                                progress=progress)
     return model, trainer.fit(start_step=start)
 
 
@@ -272,7 +293,7 @@ def _claim_folder(out: Path, fingerprint: str, settings: RunSettings, tts_params
                              "settings": current, "tts_params": tts_params or {}})
 
 
-def _evaluate(model: MdsModel, samples: list[MdsSample], strategy, settings: RunSettings,
+def _evaluate(model: MdsModel | SpecialistModel, samples: list[MdsSample], strategy, settings: RunSettings,
               on_sample: Callable[[int, int], None] | None) -> list[SampleResult]:
     """Predict every sample not yet in ``predictions.jsonl`` and score all of them."""
     path = settings.out / "predictions.jsonl"

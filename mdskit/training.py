@@ -67,6 +67,16 @@ def mask_losses(mask_logits: Sequence[torch.Tensor], masks: Sequence[torch.Tenso
     return torch.stack(bce).mean(), torch.stack(dice).mean()
 
 
+def batch_indices(step: int, sample_count: int, batch_size: int, seed: int) -> list[int]:
+    """Indices of the samples of ``step``: a seeded permutation per epoch."""
+    size = min(batch_size, sample_count)
+    per_epoch = sample_count // size
+    epoch, position = divmod(step, per_epoch)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(sample_count, generator=generator)
+    return order[position * size:(position + 1) * size].tolist()
+
+
 class Trainer:
     """Train a composite model on MDS samples with a step budget.
 
@@ -138,13 +148,7 @@ class Trainer:
         )
 
     def _batch_indices(self, step: int) -> list[int]:
-        """Indices of the samples of ``step``: a seeded permutation per epoch."""
-        size = min(self.config.batch_size, len(self.samples))
-        per_epoch = len(self.samples) // size
-        epoch, position = divmod(step, per_epoch)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.samples), generator=generator)
-        return order[position * size:(position + 1) * size].tolist()
+        return batch_indices(step, len(self.samples), self.config.batch_size, self.seed)
 
     def _step(self, encoded: EncodedImages, indices: list[int]) -> dict[str, float]:
         batch = [self.samples[index] for index in indices]
