@@ -63,7 +63,9 @@ def test_registry_defines_specialist():
     _, registry = load_methods()
     spec = registry.method("specialist")
     assert spec.specialist.type == "mmseg-timm"
-    assert spec.backbone is None and spec.decoder is None and spec.prompt is None
+    assert spec.backbone is None
+    assert spec.decoder is None
+    assert spec.prompt is None
     assert spec.cot.type == "template"
     assert spec.as_dict()["specialist"]["segmentation"] == "segformer"
 
