@@ -285,7 +285,8 @@ def test_run_writes_shared_record_schema(dataset_folder, workspace, tmp_path, tt
     records = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 3
     assert result.metrics["method"] == "tiny-specialist"
-    assert 0.0 <= result.metrics["overall"]["dice"] <= 1.0
+    assert 0.0 <= result.metrics["pooled"]["dice"] <= 1.0
+    assert result.metrics["pooled"]["n"] == 3
     assert result.train.steps == 3
     test_cases = open_datasets(workspace.components, settings.data)["ph2"].load_split("test")
     for record in records:

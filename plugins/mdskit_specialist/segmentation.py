@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from mmengine.registry import DefaultScope
 from torch import nn
 
 from mdskit.errors import PluginError
@@ -100,8 +101,11 @@ class SegmentationNetwork(nn.Module):
         backbone, head = segformer_config(width) if architecture == "segformer" else unet_config(width)
         self.architecture = architecture
         self.config = {"backbone": backbone, "decode_head": head}
-        self.backbone = models.build(backbone)
-        self.decode_head = models.build(head)
+        # mmcv builds some layers (the UNet's upsampling) through the default
+        # scope's registry, so the build runs in mmsegmentation's scope.
+        with DefaultScope.overwrite_default_scope("mmseg"):
+            self.backbone = models.build(backbone)
+            self.decode_head = models.build(head)
         self.backbone.init_weights()
         self.decode_head.init_weights()
 
