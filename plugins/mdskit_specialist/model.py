@@ -14,6 +14,7 @@ from .classifier import build_classifier
 from .segmentation import SegmentationNetwork
 
 # ImageNet mean and standard deviation, as timm's efficientnet_lite0 config (timm 1.0) gives them.
+# NOTE: the weights package does not state the normalisation it was trained with; timm's is assumed.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
