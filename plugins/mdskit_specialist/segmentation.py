@@ -78,6 +78,20 @@ def unet_config(width: int) -> tuple[dict[str, Any], dict[str, Any]]:
     return backbone, head
 
 
+def _quiet_init_weights(*modules: nn.Module) -> None:
+    """Initialise mmengine modules without mmengine's per-parameter INFO log lines."""
+    from mmengine.logging import MMLogger
+
+    mm_logger = MMLogger.get_current_instance()
+    level = mm_logger.level
+    mm_logger.setLevel(logging.WARNING)
+    try:
+        for module in modules:
+            module.init_weights()
+    finally:
+        mm_logger.setLevel(level)
+
+
 class SegmentationNetwork(nn.Module):
     """An mmsegmentation encoder and decode head: B x 3 x S x S normalised images to B x 1 x S x S logits.
 
@@ -106,8 +120,7 @@ class SegmentationNetwork(nn.Module):
         with DefaultScope.overwrite_default_scope("mmseg"):
             self.backbone = models.build(backbone)
             self.decode_head = models.build(head)
-        self.backbone.init_weights()
-        self.decode_head.init_weights()
+        _quiet_init_weights(self.backbone, self.decode_head)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.backbone(images)
