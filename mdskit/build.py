@@ -13,6 +13,7 @@ from .layouts import LISA_PROJECTION_PREFIX, check_keys, check_shapes, detect_la
 from .methods import ComponentSpec, MethodRegistry, MethodSpec, check_params
 from .model import MdsModel
 from .registry import Components
+from .specialist import LABELS_KEY, SpecialistModel
 from .tts import TestTimeScaling
 
 logger = logging.getLogger(__name__)
@@ -24,12 +25,18 @@ def build_component(components: Components, role: str, spec: ComponentSpec, **ov
     return component(**{**spec.params, **overrides})
 
 
-def build_model(spec: MethodSpec, components: Components, checkpoint: str | Path | None = None) -> MdsModel:
+def build_model(spec: MethodSpec, components: Components,
+                checkpoint: str | Path | None = None) -> MdsModel | SpecialistModel:
     """Build the composite model of a method, from a checkpoint folder if given.
+
+    A specialist method gets its :class:`SpecialistModel` (see
+    :func:`build_specialist`).
 
     Without a checkpoint the backbone may still need ``setup(corpus)``
     before training (see :meth:`VisionLanguageBackbone.setup`).
     """
+    if spec.specialist is not None:
+        return build_specialist(spec, components, checkpoint)
     overrides: dict[str, Any] = {}
     folder = None
     if checkpoint is not None and Path(checkpoint).exists() and not (Path(checkpoint) / METHOD_FILE).is_file():
@@ -101,6 +108,31 @@ def load_lisa_projection(model: MdsModel, path: Path) -> None:
     check_shapes(model.seg_projection.state_dict(), projection, source)
     model.seg_projection.load_state_dict(projection)
     model.projection_pretrained = True
+
+
+def build_specialist(spec: MethodSpec, components: Components, checkpoint: str | Path | None = None,
+                     labels: list[str] | None = None) -> SpecialistModel:
+    """Build a specialist method's model with its answer-text generator, from a checkpoint if given.
+
+    A checkpoint supplies the label names of the classification head;
+    without one, pass ``labels`` (the train split's, see
+    :func:`mdskit.specialist.train_labels`).
+    """
+    folder = None
+    if checkpoint is not None:
+        folder = recover_folder(Path(checkpoint))
+        record = read_record(folder)
+        check_matches(record, spec, folder)
+        labels = record.get(LABELS_KEY)
+        if not isinstance(labels, list) or not labels:
+            raise CheckpointError(f"{folder / METHOD_FILE} has no '{LABELS_KEY}' list of the classifier's labels; "
+                                  "retrain the checkpoint.")
+    model = build_component(components, "specialist", spec.specialist, labels=list(labels or []))
+    model.cot_generator = build_cot_generator(spec, components)
+    if folder is not None:
+        load_weights(folder, model)
+        logger.info("loaded method %s from checkpoint %s", spec.name, folder)
+    return model
 
 
 def build_cot_generator(spec: MethodSpec, components: Components) -> CotGenerator:

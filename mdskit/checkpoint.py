@@ -3,8 +3,9 @@
 Layout of a checkpoint folder::
 
     method.json             method definition, mdskit version, training step
-    backbone/               the backbone, in transformers' format
-    model.safetensors       every other weight of the composite model
+    backbone/               the backbone, in transformers' format (none for
+                            specialist methods)
+    model.safetensors       every other weight of the model
     optimizer.safetensors   AdamW state, for resuming (optional)
 
 Folders are written beside the target and swapped in, so an interrupted
@@ -29,6 +30,7 @@ from .errors import CheckpointError
 from .layouts import detect_layout
 from .methods import MethodSpec
 from .model import MdsModel
+from .specialist import LABELS_KEY, SpecialistModel
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +40,26 @@ WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 
 
-def save_checkpoint(folder: Path, model: MdsModel, spec: MethodSpec, step: int,
+def save_checkpoint(folder: Path, model: MdsModel | SpecialistModel, spec: MethodSpec, step: int,
                     optimizer: torch.optim.Optimizer | None = None, extra: dict[str, Any] | None = None) -> None:
-    """Write a checkpoint folder atomically (a crash keeps the previous one)."""
+    """Write a checkpoint folder atomically (a crash keeps the previous one).
+
+    A specialist's record also stores its label names under ``labels``.
+    """
     folder = Path(folder)
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
 
-    model.backbone.save_pretrained(staging / BACKBONE_FOLDER)
+    # A specialist model has no backbone, so its folder has no backbone/.
+    if hasattr(model, "backbone"):
+        model.backbone.save_pretrained(staging / BACKBONE_FOLDER)
     weights = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()
                if not key.startswith("backbone.")}
     save_file(weights, str(staging / WEIGHTS_FILE))
     record = {"mdskit_version": __version__, "method": spec.as_dict(), "step": step, **(extra or {})}
+    if isinstance(model, SpecialistModel):
+        record[LABELS_KEY] = list(model.labels)
     if optimizer is not None:
         tensors, groups = _flatten_optimizer(optimizer)
         save_file(tensors, str(staging / OPTIMIZER_FILE))
@@ -109,7 +118,7 @@ def check_matches(record: dict[str, Any], spec: MethodSpec, folder: Path) -> Non
     """Raise CheckpointError when the checkpoint was trained for other components."""
     stored = record.get("method", {})
     wanted = spec.as_dict()
-    for key in ("backbone", "prompt", "decoder"):
+    for key in ("backbone", "prompt", "decoder", "specialist"):
         if _architecture(stored.get(key)) != _architecture(wanted.get(key)):
             raise CheckpointError(
                 f"checkpoint {folder} was trained for method '{stored.get('name')}' with {key} "
@@ -125,7 +134,7 @@ def _architecture(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     return {key: value for key, value in entry.items() if key != "pretrained"}
 
 
-def load_weights(folder: Path, model: MdsModel) -> None:
+def load_weights(folder: Path, model: MdsModel | SpecialistModel) -> None:
     """Load ``model.safetensors`` into the non-backbone part of ``model``."""
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
@@ -141,7 +150,7 @@ def load_weights(folder: Path, model: MdsModel) -> None:
             "use the method the checkpoint was trained for.")
 
 
-def _load_partial(model: MdsModel, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+def _load_partial(model: MdsModel | SpecialistModel, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
     expected = {key for key in model.state_dict() if not key.startswith("backbone.")}
     missing = sorted(expected - state.keys())
     unexpected = sorted(state.keys() - expected)

@@ -398,8 +398,12 @@ def list_command(context):
         for column in ("method", "backbone", "prompt", "decoder", "cot", "defined in"):
             methods.add_column(column)
         for name, spec in sorted(workspace.registry.methods.items()):
-            methods.add_row(name, spec.backbone.type, spec.prompt.type if spec.prompt else "-",
-                            spec.decoder.type, spec.cot.type, spec.provider)
+            if spec.specialist is not None:
+                # A specialist has no language model: its model fills the backbone column.
+                methods.add_row(name, f"{spec.specialist.type} (specialist)", "-", "-", spec.cot.type, spec.provider)
+            else:
+                methods.add_row(name, spec.backbone.type, spec.prompt.type if spec.prompt else "-",
+                                spec.decoder.type, spec.cot.type, spec.provider)
         output.print(methods)
         table = Table(title="Components", title_justify="left")
         for column in ("role", "name", "plugin"):

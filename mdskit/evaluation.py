@@ -23,6 +23,7 @@ from .metrics import SampleResult
 from .model import MdsModel, as_numpy_mask
 from .questions import format_choices, question_templates
 from .sample import MdsSample
+from .specialist import SpecialistModel, specialist_candidates
 from .tts import Candidate, GroundTruth, Selection, TestTimeScaling, candidate_masks, mean_agreement
 
 logger = logging.getLogger(__name__)
@@ -166,14 +167,23 @@ def sample_candidates(model: MdsModel, sample: MdsSample, plan: SamplingPlan,
 
 
 @torch.no_grad()
-def predict(model: MdsModel, sample: MdsSample, strategy: TestTimeScaling, seed: int = 0) -> Prediction:
+def predict(model: MdsModel | SpecialistModel, sample: MdsSample, strategy: TestTimeScaling,
+            seed: int = 0) -> Prediction:
     """Answer one request with the candidates the strategy asks for (see :func:`sample_candidates`).
+
+    A specialist model answers once and every candidate is that answer
+    (see :func:`mdskit.specialist.specialist_candidates`).
 
     Raises:
         GroundTruthMissingError (an ``MdskitError``): the strategy selects
             with the ground truth (the oracle) and the sample has none.
     """
-    candidates, similarity = sample_candidates(model, sample, SamplingPlan.of(strategy), seed)
+    plan = SamplingPlan.of(strategy)
+    if isinstance(model, SpecialistModel):
+        candidates = specialist_candidates(model, sample, plan.num_paths, plan.num_perturbations, plan.num_questions)
+        similarity = None
+    else:
+        candidates, similarity = sample_candidates(model, sample, plan, seed)
     selection = select(strategy, candidates, sample)
     return Prediction(sample, selection, candidates, similarity, strategy=getattr(strategy, "name", ""),
                       upper_bound=strategy.uses_ground_truth)

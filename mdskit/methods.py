@@ -27,9 +27,10 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 TOP_LEVEL_KEYS = {"schema", "plugins", "methods", "tts"}
-METHOD_KEYS = {"description", "backbone", "prompt", "decoder", "cot", "training", "finetune", "provider"}
+METHOD_KEYS = {"description", "backbone", "prompt", "decoder", "cot", "training", "finetune", "provider", "specialist"}
 COMPONENT_ROLES = {"backbone": "backbone", "prompt": "prompt", "decoder": "decoder", "cot": "cot"}
 OPTIONAL_COMPONENTS = {"prompt"}
+VISION_LANGUAGE_KEYS = ("backbone", "prompt", "decoder", "finetune")
 PRECISIONS = ("bfloat16", "float16", "float32")
 
 
@@ -79,31 +80,42 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A validated method definition."""
+    """A validated method definition.
+
+    A vision-language method has a backbone, a decoder and an optional
+    prompt module. A specialist method has only ``specialist`` (a
+    :class:`~mdskit.specialist.SpecialistModel`), and ``backbone`` and
+    ``decoder`` are None. Both have a chain-of-thought generator.
+    """
 
     name: str
     description: str
-    backbone: ComponentSpec
+    backbone: ComponentSpec | None
     prompt: ComponentSpec | None
-    decoder: ComponentSpec
+    decoder: ComponentSpec | None
     cot: ComponentSpec
     training: TrainingConfig
     provider: str = "registry.yaml"
     finetune: FinetuneConfig | None = None
+    specialist: ComponentSpec | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form, stored in checkpoints and run records."""
         record = {
             "name": self.name,
-            "backbone": self.backbone.as_dict(),
+            "backbone": self.backbone.as_dict() if self.backbone else None,
             "prompt": self.prompt.as_dict() if self.prompt else None,
-            "decoder": self.decoder.as_dict(),
+            "decoder": self.decoder.as_dict() if self.decoder else None,
             "cot": self.cot.as_dict(),
             "training": {item.name: getattr(self.training, item.name) for item in fields(self.training)},
         }
         # Only set when present, so records of methods without it keep their earlier form.
         if self.finetune is not None:
             record["finetune"] = self.finetune.as_dict()
+        # Only specialist methods carry the key, so the records (and run and
+        # bench hashes) of vision-language methods are unchanged.
+        if self.specialist is not None:
+            record["specialist"] = self.specialist.as_dict()
         return record
 
 
@@ -245,6 +257,8 @@ def parse_method(name: str, definition: Any, components: Components, where: str)
     if not isinstance(definition, dict):
         raise ConfigError(f"{where}: a method must be a mapping of components, got {definition!r}.")
     _check_keys(definition, METHOD_KEYS, where)
+    if "specialist" in definition:
+        return _parse_specialist_method(name, definition, components, where)
     specs: dict[str, ComponentSpec | None] = {}
     for key, role in COMPONENT_ROLES.items():
         entry = definition.get(key)
@@ -260,6 +274,26 @@ def parse_method(name: str, definition: Any, components: Components, where: str)
         training=parse_training(definition.get("training") or {}, f"{where}.training"),
         provider=str(definition.get("provider", "registry.yaml")),
         finetune=parse_finetune(definition.get("finetune"), f"{where}.finetune"),
+    )
+
+
+def _parse_specialist_method(name: str, definition: dict[str, Any], components: Components,
+                             where: str) -> MethodSpec:
+    """Validate a specialist method: ``specialist``, ``cot`` and ``training``, with no vision-language parts."""
+    mixed = [key for key in VISION_LANGUAGE_KEYS if definition.get(key) is not None]
+    if mixed:
+        raise ConfigError(f"{where}: a 'specialist' method has no {', '.join(mixed)}; remove "
+                          f"{'that key' if len(mixed) == 1 else 'those keys'} or the 'specialist' key.")
+    if definition.get("cot") is None:
+        raise ConfigError(f"{where}: 'cot' is missing; a specialist's answer text is written by a registered "
+                          "chain-of-thought generator, for example {type: template}.")
+    return MethodSpec(
+        name=name, description=" ".join(str(definition.get("description", "")).split()),
+        backbone=None, prompt=None, decoder=None,
+        cot=parse_component(definition["cot"], "cot", components, f"{where}.cot"),
+        training=parse_training(definition.get("training") or {}, f"{where}.training"),
+        provider=str(definition.get("provider", "registry.yaml")),
+        specialist=parse_component(definition["specialist"], "specialist", components, f"{where}.specialist"),
     )
 
 

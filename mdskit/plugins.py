@@ -117,6 +117,15 @@ class MdskitHookSpecs:
         """
 
     @hookspec
+    def mdskit_specialists(self) -> list[type]:
+        """Return specialist model classes: language-free segmentation and classification models.
+
+        Each subclasses :class:`mdskit.specialist.SpecialistModel`; its
+        constructor takes the method's ``specialist`` parameters and
+        ``labels``.
+        """
+
+    @hookspec
     def mdskit_methods(self) -> dict[str, dict[str, Any]]:
         """Return method definitions keyed by method name.
 

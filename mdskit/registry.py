@@ -13,6 +13,7 @@ from .decoder import MaskDecoder
 from .errors import ConfigError, PluginError
 from .metrics import Metric
 from .prompt import PromptModule
+from .specialist import SpecialistModel
 from .tts import TestTimeScaling
 
 
@@ -35,6 +36,7 @@ ROLES: tuple[Role, ...] = (
     Role("dataset", "dataset adapters", "dataset adapter", DatasetAdapter, "mdskit_dataset_adapters"),
     Role("metric", "metrics", "metric", Metric, "mdskit_metrics"),
     Role("cot", "chain-of-thought generators", "chain-of-thought generator", CotGenerator, "mdskit_cot_generators"),
+    Role("specialist", "specialist models", "specialist model", SpecialistModel, "mdskit_specialists"),
 )
 ROLE_BY_KEY = {role.key: role for role in ROLES}
 ROLE_BY_HOOK = {role.hook: role for role in ROLES}

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 
 from . import distributed
-from .build import build_cot_generator, build_model, build_tts
+from .build import build_cot_generator, build_model, build_specialist, build_tts
 from .checkpoint import checkpoint_step, read_record, recover_folder
 from .cot import attach_text
 from .datasets import DatasetAdapter
 from .distributed import ParallelSettings
-from .errors import DataError, MdskitError
+from .errors import ConfigError, DataError, MdskitError
 from .finetune import apply_finetuning
 from .evaluation import predict, prediction_record, result_from_record
 from .methods import MethodRegistry, MethodSpec, load_methods
@@ -32,6 +32,8 @@ from .model import MdsModel
 from .outputs import append_jsonl, overlay, provenance, read_jsonl, rewrite_jsonl, save_png, write_json
 from .registry import Components
 from .sample import MdsSample
+from .specialist import SpecialistModel, train_labels
+from .specialist_training import SpecialistTrainer
 from .training import ProgressCallback, Trainer, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -163,7 +165,8 @@ class RunResult:
 
 def prepare_model(workspace: Workspace, spec: MethodSpec, settings: RunSettings,
                   adapters: dict[str, DatasetAdapter], progress: ProgressCallback | None,
-                  parallel: ParallelSettings | None = None) -> tuple[MdsModel, TrainResult | None]:
+                  parallel: ParallelSettings | None = None
+                  ) -> tuple[MdsModel | SpecialistModel, TrainResult | None]:
     """Load the given checkpoint, or train (resuming) one under ``out/checkpoint``.
 
     In a multi-process run every process builds the model from the same
@@ -180,6 +183,8 @@ def prepare_model(workspace: Workspace, spec: MethodSpec, settings: RunSettings,
     train_samples = load_split(adapters, "train", spec, workspace.components, settings.max_samples, settings.seed)
     start = 0
     torch.manual_seed(settings.seed)
+    if spec.specialist is not None:
+        return _prepare_specialist(workspace, spec, settings, folder, train_samples, progress)
     if folder.exists():
         start = int(read_record(folder)["step"])
         model = build_model(spec, workspace.components, folder)
@@ -221,6 +226,29 @@ def with_precision(spec: MethodSpec, parallel: ParallelSettings | None) -> Metho
     if parallel is None or parallel.precision is None or parallel.precision == spec.training.precision:
         return spec
     return replace(spec, training=replace(spec.training, precision=parallel.precision))
+
+
+def _prepare_specialist(workspace: Workspace, spec: MethodSpec, settings: RunSettings, folder: Path,
+                        train_samples: list[MdsSample],
+                        progress: ProgressCallback | None) -> tuple[SpecialistModel, TrainResult]:
+    """Train (resuming) a specialist method's model under ``folder``.
+
+    Raises:
+        ConfigError: the run has several processes; the specialist trains in one.
+    """
+    if distributed.world_size() > 1:
+        raise ConfigError(f"method '{spec.name}' is a specialist, which trains in one process only; "
+                          "start it without torchrun.")
+    start = 0
+    if folder.exists():
+        start = int(read_record(folder)["step"])
+        model = build_specialist(spec, workspace.components, folder)
+        logger.info("resuming training from %s at step %d", folder, start)
+    else:
+        model = build_specialist(spec, workspace.components, labels=train_labels(train_samples))
+    trainer = SpecialistTrainer(model, spec, train_samples, folder, steps=settings.train_steps, seed=settings.seed,
+                                progress=progress)
+    return model, trainer.fit(start_step=start)
 
 
 def run_method(settings: RunSettings, workspace: Workspace | None = None,
@@ -325,7 +353,7 @@ def _claim_folder(out: Path, fingerprint: str, settings: RunSettings, tts_params
                              "settings": current, "tts_params": tts_params or {}})
 
 
-def _evaluate(model: MdsModel, samples: list[MdsSample], strategy, settings: RunSettings,
+def _evaluate(model: MdsModel | SpecialistModel, samples: list[MdsSample], strategy, settings: RunSettings,
               on_sample: Callable[[int, int], None] | None) -> list[SampleResult]:
     """Predict every sample not yet in ``predictions.jsonl`` and score all of them.
 

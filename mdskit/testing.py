@@ -46,11 +46,12 @@ from .geometry import Frame
 from .metrics import Metric, SampleResult
 from .prompt import DecoderPrompts, PromptModule
 from .sample import MdsSample
+from .specialist import SpecialistModel, train_labels
 from .tts import Candidate, GroundTruth, Selection, TestTimeScaling
 
 __all__ = [
     "BackboneContract", "ContractViolation", "CotGeneratorContract", "DatasetAdapterContract",
-    "MaskDecoderContract", "MethodContract", "MetricContract", "PromptModuleContract",
+    "MaskDecoderContract", "MethodContract", "MetricContract", "PromptModuleContract", "SpecialistContract",
     "TtsStrategyContract", "contract_for", "run_contract", "synthetic_samples",
 ]
 
@@ -832,7 +833,8 @@ class MetricContract(Contract):
 
 
 class MethodContract(Contract):
-    """Contract of a whole method: its components built together as :class:`~mdskit.model.MdsModel`.
+    """Contract of a whole method: its components built together as :class:`~mdskit.model.MdsModel`,
+    or its :class:`~mdskit.specialist.SpecialistModel`.
 
     ``make_method`` returns the method definition and the components it
     names. The checks run a teacher-forced pass over synthetic samples and
@@ -851,12 +853,15 @@ class MethodContract(Contract):
 
     def model(self, checkpoint: str | Path | None = None, seed: int | None = None):
         """Build the method's model (set up for training, or from ``checkpoint``) and its samples with text."""
-        from .build import build_cot_generator, build_model
+        from .build import build_cot_generator, build_model, build_specialist
 
         spec, components = self.make_method()
         seed_everything(self.seed if seed is None else seed)
-        model = build_model(spec, components, checkpoint)
         samples = attach_text(self.samples(), build_cot_generator(spec, components), seed=self.seed)
+        if spec.specialist is not None:
+            labels = train_labels(samples) if checkpoint is None else None
+            return spec, build_specialist(spec, components, checkpoint, labels=labels).eval(), samples
+        model = build_model(spec, components, checkpoint)
         if checkpoint is None:
             model.backbone.setup([text for sample in samples for text in (sample.question, sample.answer)])
             model.rebuild_projection()
@@ -864,7 +869,12 @@ class MethodContract(Contract):
 
     @staticmethod
     def masks(model, samples: Sequence[MdsSample]) -> list[torch.Tensor]:
-        """Return the mask logits of a teacher-forced pass over ``samples``."""
+        """Return the mask logits of a teacher-forced pass over ``samples`` (a specialist's, resized to each image)."""
+        if isinstance(model, SpecialistModel):
+            logits = model(model.to_input(samples)).mask_logits.float()
+            return [torch.nn.functional.interpolate(logits[index:index + 1], size=sample.image_size,
+                                                    mode="bilinear", align_corners=False)[0, 0]
+                    for index, sample in enumerate(samples)]
         encoded = model.encode(samples)
         output = model.backbone(encoded.image_features, [sample.question for sample in samples],
                                 [sample.answer for sample in samples])
@@ -914,6 +924,78 @@ class MethodContract(Contract):
             require_close(one, two, f"mask logits of {sample.uid} after a checkpoint round trip", atol=1e-4)
 
 
+# --------------------------------------------------------------------- specialist
+
+
+class SpecialistContract(Contract):
+    """Contract of :class:`~mdskit.specialist.SpecialistModel`.
+
+    ``make_component`` returns a model whose ``labels`` are set (the
+    labels of :func:`synthetic_samples` suit any model). The checks run
+    the model on the synthetic images resized by :meth:`SpecialistModel.to_input`.
+
+    Attributes:
+        image_count: Number of synthetic images in one batch.
+    """
+
+    image_count: int = 2
+
+    def component(self, seed: int | None = None) -> SpecialistModel:
+        component = self.build(seed)
+        require(isinstance(component, SpecialistModel),
+                f"make_component() returned {type(component).__name__}, not a SpecialistModel subclass.")
+        require(bool(component.labels), "make_component() returned a specialist without labels; pass labels=[...].")
+        return component.eval()
+
+    def images(self, component: SpecialistModel) -> torch.Tensor:
+        return component.to_input(synthetic_samples(self.image_count, seed=self.seed))
+
+    @torch.no_grad()
+    def test_output_shapes(self) -> None:
+        component = self.component()
+        images = self.images(component)
+        output = component(images)
+        size = component.input_size
+        expected_masks = (self.image_count, 1, size, size)
+        require(tuple(output.mask_logits.shape) == expected_masks and output.mask_logits.is_floating_point(),
+                f"mask_logits {output.mask_logits.dtype} {tuple(output.mask_logits.shape)}; expected floating "
+                f"point {expected_masks}.")
+        expected_labels = (self.image_count, len(component.labels))
+        require(tuple(output.label_logits.shape) == expected_labels,
+                f"label_logits {tuple(output.label_logits.shape)}; expected {expected_labels} (one per label).")
+        require(output.mask_logits.device == images.device, "mask_logits are not on the device of the images.")
+
+    @torch.no_grad()
+    def test_batch_matches_samples(self) -> None:
+        component = self.component()
+        images = self.images(component)
+        batched = component(images)
+        for index in range(self.image_count):
+            alone = component(images[index:index + 1])
+            require_close(alone.mask_logits[0], batched.mask_logits[index], f"mask logits of image {index} alone "
+                          "vs in the batch", atol=1e-3)
+            require_close(alone.label_logits[0], batched.label_logits[index], f"label logits of image {index} "
+                          "alone vs in the batch", atol=1e-3)
+
+    @torch.no_grad()
+    def test_deterministic_under_seed(self) -> None:
+        first = self.component()
+        second = self.component()
+        images = self.images(first)
+        require(_tensors_equal(first(images).mask_logits, second(images).mask_logits),
+                f"mask logits differ between two models built with seed {self.seed}.")
+
+    @torch.no_grad()
+    def test_state_dict_round_trip(self) -> None:
+        source = self.component()
+        _perturb(source, self.seed + 1)
+        target = self.component(self.seed + 2)
+        _round_trip(source, target)
+        images = self.images(source)
+        require_close(target.eval()(images).mask_logits, source(images).mask_logits,
+                      "mask logits after a state-dict round trip", atol=1e-5)
+
+
 CONTRACTS: dict[str, type[Contract]] = {
     "backbone": BackboneContract,
     "prompt": PromptModuleContract,
@@ -922,6 +1004,7 @@ CONTRACTS: dict[str, type[Contract]] = {
     "dataset": DatasetAdapterContract,
     "metric": MetricContract,
     "cot": CotGeneratorContract,
+    "specialist": SpecialistContract,
 }
 """The contract class of each role key of :data:`mdskit.registry.ROLES`."""
 

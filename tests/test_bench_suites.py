@@ -52,7 +52,7 @@ def test_mds_mini_plans_every_cell(workspace):
     main = [cell for cell in cells if cell.kind == "method" and not cell.leave_one_out]
     references = [cell for cell in cells if cell.kind == "reference"]
     leave_one_out = [cell for cell in cells if cell.leave_one_out]
-    assert len(main) == 4 * 2
+    assert len(main) == 5 * 2
     assert {cell.entry for cell in references} == {"empty-mask", "whole-image", "litemedsam-gt-box"}
     assert len(leave_one_out) == 2 * 4
     assert {cell.test_datasets for cell in leave_one_out} == {("busi",), ("kvasir",), ("ph2",), ("shenzhen",)}

@@ -7,6 +7,7 @@ deliberately broken component of its role with the expected message.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import math
 
@@ -37,6 +38,10 @@ COMPONENTS, PLUGIN_METHODS = load_plugins()
 TINY_LLAVA = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300, token_grid=4,
                   vision_feature_dim=16, max_new_tokens=4)
 REAL_DATASETS = ("busi", "kvasir", "ph2", "shenzhen")
+TINY_SPECIALIST = dict(labels=["benign", "malignant", "normal"], input_size=64, width=8, classifier_size=64,
+                       pretrained_classifier=False)
+NEEDS_MMSEG = pytest.mark.skipif(importlib.util.find_spec("mmseg") is None,
+                                 reason="mmsegmentation is not installed; run 'bash scripts/setup.sh --with specialist'")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -81,6 +86,8 @@ def factories(role: str, name: str, dataset_folder=None, published=None):
             return (lambda: component(None, case_count=6)), {}
         folder = dataset_folder(name)
         return (lambda: component(folder)), {}
+    if role == "specialist":
+        return (lambda: component(**TINY_SPECIALIST)), {}
     return (lambda: component()), {}
 
 
@@ -89,6 +96,8 @@ def component_cases():
     for role in ROLES:
         for name in COMPONENTS.names(role.key):
             marks = [pytest.mark.data] if name in REAL_DATASETS else []
+            if role.key == "specialist":
+                marks.append(NEEDS_MMSEG)
             cases.append(pytest.param(role.key, name, id=f"{role.key}-{name}", marks=marks))
     return cases
 
@@ -101,7 +110,8 @@ def test_first_party_components_are_all_covered():
     expected = {"backbone": ["llava", "llava-hf"], "prompt": ["rvls2m", "similarity-box", "similarity-points"],
                 "decoder": ["litemedsam", "sam"],
                 "tts": ["best-of-n", "none", "oracle", "prompt-ensemble", "region-perturbation", "self-consistency"], "dataset": ["busi", "kvasir", "ph2", "phantom", "shenzhen"],
-                "metric": ["accuracy", "ciou", "dice", "giou", "macro_f1"], "cot": ["template"]}
+                "metric": ["accuracy", "ciou", "dice", "giou", "macro_f1"], "cot": ["template"],
+                "specialist": ["mmseg-timm"]}
     assert {role.key: COMPONENTS.names(role.key) for role in ROLES} == expected
 
 
@@ -121,7 +131,13 @@ class SmallMethod(MethodContract):
         return load_registry(None, COMPONENTS, PLUGIN_METHODS).method(self.name), COMPONENTS
 
 
-@pytest.mark.parametrize("method", sorted(load_registry(None, COMPONENTS, PLUGIN_METHODS).methods))
+def method_cases():
+    registry = load_registry(None, COMPONENTS, PLUGIN_METHODS)
+    return [pytest.param(name, marks=[NEEDS_MMSEG] if registry.methods[name].specialist else [], id=name)
+            for name in sorted(registry.methods)]
+
+
+@pytest.mark.parametrize("method", method_cases())
 def test_registered_method_passes_contract(method):
     contract = type(f"Contract_{method}", (SmallMethod,), {"name": method})()
     assert run_contract(contract) == {}

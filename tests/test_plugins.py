@@ -18,7 +18,7 @@ from mdskit.methods import load_methods, load_registry
 from mdskit.plugins import HOOK_NAMES, hookimpl, load_plugins
 from mdskit.prompt import DecoderPrompts, PromptModule
 
-FIRST_PARTY = ("datasets", "litemedsam", "llava", "metrics", "rvls2m", "tts")
+FIRST_PARTY = ("datasets", "litemedsam", "llava", "metrics", "rvls2m", "specialist", "tts")
 
 PROMPT_PLUGIN = '''
     from mdskit.plugins import hookimpl
@@ -84,7 +84,8 @@ def test_hooks_are_documented():
 
     assert set(HOOK_NAMES) == {
         "mdskit_backbones", "mdskit_prompt_modules", "mdskit_mask_decoders", "mdskit_tts_strategies",
-        "mdskit_dataset_adapters", "mdskit_metrics", "mdskit_cot_generators", "mdskit_methods"}
+        "mdskit_dataset_adapters", "mdskit_metrics", "mdskit_cot_generators", "mdskit_specialists",
+        "mdskit_methods"}
     for name in HOOK_NAMES:
         doc = getattr(MdskitHookSpecs, name).__doc__
         assert doc and "Return" in doc, name

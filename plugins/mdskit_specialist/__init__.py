@@ -1,0 +1,1 @@
+"""First-party plugin: the language-free specialist baseline (mmsegmentation + timm)."""
