@@ -152,10 +152,27 @@ def claim_results(out: Path, suite: Suite, cells: dict[str, str]) -> None:
         if stored["suite"]["name"] != suite.name:
             raise ResultsError(f"{out} contains results of suite '{stored['suite']['name']}', not '{suite.name}'; "
                                "pass another --out for this suite.")
+        _check_same_setting(out, stored["suite"], suite_record(suite))
         created = stored.get("created", created)
+    elif out.is_dir() and any(out.iterdir()):
+        raise ResultsError(f"{out} is not empty and has no {MANIFEST}, so it is not a bench results folder; "
+                           "pass an empty or new folder as --out.")
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, {"results_schema": RESULTS_SCHEMA, "suite": suite_record(suite), "created": created,
                       "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cells": cells})
+
+
+# Results computed under another value of these keys would be silently left
+# out of the leaderboard, so a results folder keeps them fixed.
+FIXED_SUITE_KEYS = ("budget", "datasets", "split", "max_samples")
+
+
+def _check_same_setting(out: Path, stored: dict[str, Any], current: dict[str, Any]) -> None:
+    for key in FIXED_SUITE_KEYS:
+        if stored.get(key) != current.get(key):
+            raise ResultsError(f"{out} contains results of suite '{current['name']}' with {key} "
+                               f"{stored.get(key)!r}, but the suite file now sets {current.get(key)!r}; pass a new "
+                               "--out for the changed suite, or restore the old value.")
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -92,8 +92,9 @@ def build_published(spec: MethodSpec, components: Components, path: Path) -> Mds
     if layout == "lisa":
         load_lisa_projection(model, path)
     else:
-        logger.warning("the [SEG] projection of %s starts untrained: a LLaVA checkpoint has none; fine-tune it "
-                       "with 'mdskit train' before trusting the masks", path)
+        logger.warning("the [SEG] projection of %s starts untrained: a LLaVA checkpoint has none; fine-tune a "
+                       "registry.yaml method with backbone {type: llava-hf, pretrained: FOLDER} (see "
+                       "docs/checkpoints.md) before trusting the masks", path)
     logger.info("built method %s on the %s checkpoint %s (backbone llava-hf, decoder %s)", spec.name, layout, path,
                 decoder_spec.type)
     return model

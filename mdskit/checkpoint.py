@@ -79,6 +79,9 @@ def read_record(folder: Path) -> dict[str, Any]:
     """Read the ``method.json`` record of a checkpoint folder."""
     folder = recover_folder(Path(folder))
     path = folder / METHOD_FILE
+    if not folder.exists():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist; check the path, or train one with "
+                              "'mdskit train' (it writes OUT/checkpoint).")
     if not path.is_file():
         raise CheckpointError(
             f"{folder} is not an mdskit checkpoint (no {METHOD_FILE}); pass a folder written by "

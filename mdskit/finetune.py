@@ -110,7 +110,11 @@ def _parse_lora(raw: Any, where: str) -> LoraSettings | None:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown lora keys {unknown}; valid keys: {sorted(known)}.")
-    settings = LoraSettings(**{**raw, "target_modules": tuple(raw.get("target_modules", LoraSettings.target_modules))})
+    targets = raw.get("target_modules", LoraSettings.target_modules)
+    if not isinstance(targets, (list, tuple)):
+        raise ConfigError(f"{where}: lora target_modules must be a list of layer names, got {targets!r}; "
+                          f"write [{targets}] for a single layer.")
+    settings = LoraSettings(**{**raw, "target_modules": tuple(targets)})
     if isinstance(settings.r, bool) or not isinstance(settings.r, int) or settings.r < 1:
         raise ConfigError(f"{where}: invalid lora r {settings.r!r}; set a positive integer such as 8.")
     if isinstance(settings.alpha, bool) or not isinstance(settings.alpha, (int, float)) or settings.alpha <= 0:

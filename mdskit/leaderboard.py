@@ -82,6 +82,9 @@ def load_results(folders: list[Path]) -> Results:
     unfinished: list[str] = []
     for folder in folders:
         manifest_path = Path(folder) / MANIFEST
+        if not Path(folder).is_dir():
+            raise ResultsError(f"results folder {folder} does not exist; give the folder that was passed to "
+                               "'mdskit bench --out'.")
         if not manifest_path.is_file():
             raise ResultsError(f"{folder} has no {MANIFEST}, so it is not a results folder of 'mdskit bench'; "
                                "give the folder that was passed to --out.")

@@ -79,3 +79,13 @@ def test_invalid_number_of_paths(tmp_path, paths):
 def test_zero_temperature_with_several_paths(tmp_path):
     result = invoke("run", "sim4seg", "--ttss", "self-consistency", "--temperature", "0", "--out", tmp_path / "o")
     assert_user_error(result, "temperature 0")
+
+
+def test_missing_checkpoint_folder(tmp_path):
+    result = invoke("run", "sim4seg", "--checkpoint", tmp_path / "absent", "--out", tmp_path / "out")
+    assert_user_error(result, "absent does not exist", "mdskit train")
+
+
+def test_leaderboard_of_missing_folder(tmp_path):
+    result = invoke("leaderboard", tmp_path / "absent")
+    assert_user_error(result, "absent does not exist", "mdskit bench --out")

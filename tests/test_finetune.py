@@ -52,6 +52,7 @@ def test_defaults_are_lisa_values():
     ({"lora": {"r": 0}}, "invalid lora r 0"),
     ({"lora": {"dropout": 1.5}}, "invalid lora dropout 1.5"),
     ({"lora": {"target_modules": []}}, "invalid lora target_modules"),
+    ({"lora": {"target_modules": "q_proj"}}, "must be a list of layer names"),
     ({"trainable": ["vision_tower"]}, "invalid finetune trainable"),
     ({"gradient_checkpointing": "yes"}, "gradient_checkpointing must be true or false"),
     ({"optimizer": "sgd"}, "unknown finetune keys \\['optimizer'\\]"),

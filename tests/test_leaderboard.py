@@ -212,3 +212,23 @@ def test_bench_into_another_suites_folder_is_rejected(tmp_path, results, data_ro
     path.write_text(textwrap.dedent(SUITE.format(name="other", references="[empty-mask]")))
     with pytest.raises(ResultsError, match="contains results of suite 'refs'"):
         run_bench(load_suite(path), results, workspace, data_root=data_root)
+
+
+def test_bench_with_changed_budget_is_rejected(tmp_path, results, data_root, workspace):
+    path = tmp_path / "refs.yaml"
+    changed = SUITE.replace("steps: 2", "steps: 3")
+    path.write_text(textwrap.dedent(changed.format(name="refs", references="[empty-mask]")))
+    with pytest.raises(ResultsError, match="budget .* but the suite file now sets") as error:
+        run_bench(load_suite(path), results, workspace, data_root=data_root)
+    assert "pass a new --out" in str(error.value)
+
+
+def test_bench_into_run_folder_is_rejected(tmp_path, data_root, workspace):
+    path = tmp_path / "refs.yaml"
+    path.write_text(textwrap.dedent(SUITE.format(name="refs", references="[empty-mask]")))
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    (run_folder / "metrics.json").write_text("{}")
+    with pytest.raises(ResultsError, match="is not empty and has no suite.json"):
+        run_bench(load_suite(path), run_folder, workspace, data_root=data_root)
+    assert sorted(item.name for item in run_folder.iterdir()) == ["metrics.json"]
