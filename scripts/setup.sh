@@ -46,14 +46,13 @@ install_core() {
 # source archive. Its setup.py compiles with -std=c++17, but torch 2.10 and
 # later headers need C++20, so the flag is raised before the build.
 build_mmcv() {
-    local work
-    work=$(mktemp -d)
-    trap 'rm -rf "$work"' RETURN
     if [ -n "${MMCV_WHEEL:-}" ]; then
         .venv/bin/python -m pip install --quiet --no-deps "$MMCV_WHEEL"
         return 0
     fi
-    echo "Building mmcv 2.1.0 with compiled ops (about 11 minutes on 2 cores)..." >&2
+    echo "Building mmcv 2.1.0 with compiled ops (about 11 minutes on 2 idle cores)..." >&2
+    local work
+    work=$(mktemp -d)
     .venv/bin/python -m pip download --quiet --no-deps --no-build-isolation --no-binary :all: mmcv==2.1.0 -d "$work"
     tar -xzf "$work"/mmcv-2.1.0.tar.gz -C "$work"
     sed -i "s/extra_compile_args\['cxx'\] = \['-std=c++17'\]/extra_compile_args['cxx'] = ['-std=c++20']/" \
@@ -62,6 +61,8 @@ build_mmcv() {
         echo "setup.sh: could not raise mmcv's C++ standard in setup.py; build it by hand" >&2; exit 1; }
     MMCV_WITH_OPS=1 MAX_JOBS=$(nproc) .venv/bin/python -m pip install --quiet --no-build-isolation --no-deps \
         "$work"/mmcv-2.1.0
+    # Removed only after a successful build, so a failed one can be inspected.
+    rm -rf "$work"
 }
 
 install_specialist() {
