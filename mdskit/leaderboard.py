@@ -216,10 +216,26 @@ def _entry(cell: CellResult, resamples: int, seed: int, level: float) -> dict[st
         "oracle": bool(record.get("oracle")), "leave_one_out": bool(record.get("leave_one_out")),
         "train_datasets": record["train_datasets"], "test_datasets": record["test_datasets"], "seed": record["seed"],
         "config_hash": record["config_hash"], "budget": record.get("budget"), "tts_params": record.get("tts_params"),
-        "metrics": metrics, "cost": cost, "provenance": record.get("provenance"), "hardware": record.get("hardware"),
+        "metrics": metrics, "cost": cost, "provenance": _portable_provenance(record.get("provenance"), cell.folder),
+        "hardware": record.get("hardware"),
         "uncommitted_changes": record.get("uncommitted_changes"),
         "folder": str(cell.folder),
     }
+
+
+def _portable_provenance(provenance: dict[str, Any] | None, cell_folder: Path) -> dict[str, Any] | None:
+    """Return the provenance with a checkpoint inside the results folder given relative to that folder.
+
+    Bench cells record the absolute checkpoint path; a leaderboard shared
+    between machines names it as ``train/KEY-HASH/checkpoint`` instead.
+    """
+    if not provenance or not provenance.get("checkpoint"):
+        return provenance
+    results = Path(cell_folder).resolve().parent.parent
+    checkpoint = Path(provenance["checkpoint"]).resolve()
+    if not checkpoint.is_relative_to(results):
+        return provenance
+    return {**provenance, "checkpoint": str(checkpoint.relative_to(results))}
 
 
 def main_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

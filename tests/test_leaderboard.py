@@ -232,3 +232,15 @@ def test_bench_into_run_folder_is_rejected(tmp_path, data_root, workspace):
     with pytest.raises(ResultsError, match="is not empty and has no suite.json"):
         run_bench(load_suite(path), run_folder, workspace, data_root=data_root)
     assert sorted(item.name for item in run_folder.iterdir()) == ["metrics.json"]
+
+
+def test_checkpoint_path_relative_to_results(tmp_path):
+    from mdskit.leaderboard import _portable_provenance
+
+    cell_folder = tmp_path / "results" / "cells" / "a.none.train-ph2.seed0-1234abcd"
+    inside = tmp_path / "results" / "train" / "a.train-ph2.seed0-5678" / "checkpoint"
+    outside = tmp_path / "elsewhere" / "checkpoint"
+    portable = _portable_provenance({"checkpoint": str(inside), "seed": 0}, cell_folder)
+    assert portable == {"checkpoint": "train/a.train-ph2.seed0-5678/checkpoint", "seed": 0}
+    assert _portable_provenance({"checkpoint": str(outside)}, cell_folder) == {"checkpoint": str(outside)}
+    assert _portable_provenance(None, cell_folder) is None
