@@ -178,11 +178,20 @@ def _open_safetensors(file: Path):
         raise CheckpointError(f"cannot read safetensors file {file}: {error}; restore or re-save it.") from error
 
 
+def unsafe_pickle_message(file: Path) -> str:
+    """Explain a rejected pickle without torch's advice to load it unsafely."""
+    return (f"cannot read {file}: it contains pickled Python objects other than tensors, which mdskit does not "
+            "load because unpickling them can run code. Save the weights as a plain state dict of tensors or as "
+            "safetensors.")
+
+
 def _torch_load(file: Path) -> dict[str, torch.Tensor]:
     # weights_only=True rejects files that need arbitrary pickled objects.
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(unsafe_pickle_message(file)) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
         first_line = (str(error).strip().splitlines() or [""])[0]
         raise CheckpointError(
             f"cannot read {file} with torch.load(weights_only=True): {type(error).__name__}: {first_line}. "

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mdskit.errors import CheckpointError
+from mdskit.layouts import unsafe_pickle_message
 
 # Number of key names listed in a mismatch message; the rest are counted.
 LISTED_KEYS = 5
@@ -37,7 +38,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(unsafe_pickle_message(path)) from error
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise CheckpointError(
             f"could not read LiteMedSAM weights file {path}: {type(error).__name__}: {first_line}. "
