@@ -1,15 +1,16 @@
 """Cost of sampling m paths with n region prompts each, against greedy decoding.
 
-For every (m, n) the same test cases are answered twice in the same
-process: once greedily, and once with m paths sampled at the given
-temperature and n region prompts per path. The two alternate case by case,
+For every strategy and (m, n) the same test cases are answered twice in
+the same process: once greedily, and once with m paths sampled at the
+given temperature and n region prompts per path. The two alternate case by case,
 so load from other processes slows both alike. Image embeddings are
 computed (or read from the cache) before timing, because a request encodes
 its image once whatever m and n are.
 
 Measured per configuration, summed over the cases:
 
-- wall time of :func:`mdskit.evaluation.predict` (``time.perf_counter``);
+- wall time of :func:`mdskit.evaluation.predict` (``time.perf_counter``),
+  which decodes only the masks the strategy reads;
 - model calls: language-model forward passes (the prefill and one per
   generated token), teacher-forced backbone passes, mask decoder calls,
   and the rows those decoder calls decoded;
@@ -45,12 +46,22 @@ import torch
 from mdskit.build import build_model
 from mdskit.evaluation import predict
 from mdskit.runs import Workspace, load_split, open_datasets, parse_data_option
-from mdskit_tts import Greedy, SelfConsistency
+from mdskit_tts import BestOfN, Greedy, SelfConsistency
 
 logger = logging.getLogger("tts_cost")
 
 PATH_COUNTS = (1, 2, 4, 8)
 PERTURBATION_COUNTS = (1, 2)
+STRATEGIES = {
+    "self-consistency": lambda **options: SelfConsistency(**options),
+    "self-consistency, every mask": lambda **options: SelfConsistency(max_fused_paths=0, **options),
+    "best-of-n, logprob": lambda **options: BestOfN(score="logprob", **options),
+    "best-of-n, predicted IoU": lambda **options: BestOfN(score="predicted-iou", **options),
+}
+"""The strategies measured: self-consistency with its default cap of three
+fused paths and with every voter's mask fused, and best-of-n with a score
+read from the text (one mask decoded) and one read from the masks (all
+decoded)."""
 
 
 def resident_bytes() -> int:
@@ -134,11 +145,15 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--repeats", type=int, default=1, help="Passes over the cases per configuration.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES),
+                        metavar="NAME", help=f"Strategies to measure, from: {', '.join(map(repr, STRATEGIES))}.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tts-cost.md"))
     args = parser.parse_args()
     command = "python benchmarks/tts_cost.py " + " ".join(
-        f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items() if key != "data") + "".join(
-        f" --data {item}" for item in args.data)
+        f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items()
+        if key not in ("data", "strategies")) + "".join(f" --data {item}" for item in args.data)
+    if args.strategies != list(STRATEGIES):
+        command += " --strategies " + " ".join(repr(name) for name in args.strategies)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     workspace = Workspace.load()
@@ -152,39 +167,42 @@ def main() -> None:
     # torch's kernels and the C allocator's thresholds settle, because the
     # first large allocations are slower and would bias the first rows.
     for sample in samples:
-        predict(model, sample, SelfConsistency(num_paths=max(PATH_COUNTS), num_perturbations=2), seed=args.seed)
+        predict(model, sample, SelfConsistency(num_paths=max(PATH_COUNTS), num_perturbations=2, max_fused_paths=0),
+                seed=args.seed)
         predict(model, sample, Greedy(), seed=args.seed)
     counter.reset()
 
     rows = []
-    for paths in PATH_COUNTS:
-        for perturbations in PERTURBATION_COUNTS:
-            if paths == 1:
-                sampled = SelfConsistency(num_paths=1, num_perturbations=perturbations)
-            else:
-                sampled = SelfConsistency(num_paths=paths, temperature=args.temperature,
-                                          num_perturbations=perturbations)
-            greedy_runs, sampled_runs = [], []
-            for _ in range(args.repeats):
-                for sample in samples:
-                    greedy_runs.append(measure(model, [sample], Greedy(), counter, args.seed))
-                    sampled_runs.append(measure(model, [sample], sampled, counter, args.seed))
-            rows.append(_row(paths, perturbations, greedy_runs, sampled_runs, args.repeats))
-            logger.info("m=%d n=%d: %.2fx greedy wall time", paths, perturbations, rows[-1]["wall_ratio"])
+    for name in args.strategies:
+        for paths in PATH_COUNTS:
+            for perturbations in PERTURBATION_COUNTS:
+                temperature = args.temperature if paths > 1 else 1.0
+                sampled = STRATEGIES[name](num_paths=paths, temperature=temperature, num_perturbations=perturbations)
+                greedy_runs, sampled_runs = [], []
+                for _ in range(args.repeats):
+                    for sample in samples:
+                        greedy_runs.append(measure(model, [sample], Greedy(), counter, args.seed))
+                        sampled_runs.append(measure(model, [sample], sampled, counter, args.seed))
+                rows.append(_row(name, paths, perturbations, greedy_runs, sampled_runs, args.repeats))
+                logger.info("%s m=%d n=%d: %.2fx greedy wall time", name, paths, perturbations,
+                            rows[-1]["wall_ratio"])
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(_markdown(rows, command, len(samples), args), encoding="utf-8")
+    partial = args.out.with_name(args.out.name + ".partial")
+    partial.write_text(_markdown(rows, command, len(samples), args), encoding="utf-8")
+    partial.replace(args.out)
     logger.info("wrote %s", args.out)
 
 
-def _row(paths: int, perturbations: int, greedy_runs: list[dict], sampled_runs: list[dict], repeats: int) -> dict:
+def _row(strategy: str, paths: int, perturbations: int, greedy_runs: list[dict], sampled_runs: list[dict],
+         repeats: int) -> dict:
     def total(runs: list[dict], key: str) -> float:
         return sum(run[key] for run in runs) / repeats
 
     ratios = [run["wall_s"] / base["wall_s"] for run, base in zip(sampled_runs, greedy_runs, strict=True)]
     greedy_wall, sampled_wall = total(greedy_runs, "wall_s"), total(sampled_runs, "wall_s")
     return {
-        "paths": paths, "perturbations": perturbations,
+        "strategy": strategy, "paths": paths, "perturbations": perturbations,
         "greedy_wall_s": greedy_wall, "wall_s": sampled_wall, "wall_ratio": sampled_wall / greedy_wall,
         "median_case_ratio": statistics.median(ratios),
         "greedy_peak_mib": max(run["peak_bytes"] for run in greedy_runs) / 2**20,
@@ -207,19 +225,19 @@ def _markdown(rows: list[dict], command: str, cases: int, args) -> str:
         f"Machine: {platform.machine()} CPU ({torch.get_num_threads()} torch threads; the machine was shared with "
         f"other jobs, so absolute times vary and the ratios, measured case by case in one process, are the "
         f"result), Python {platform.python_version()}, torch {torch.__version__}. {cases} test cases, "
-        f"{args.repeats} pass(es); sampled paths at temperature {args.temperature}, strategy self-consistency.", "",
+        f"{args.repeats} pass(es); sampled paths at temperature {args.temperature} (m = 1 decodes greedily).", "",
         "Wall time: sum over the cases of `predict`. LM calls: language-model forward passes (prefill plus one "
-        "per generated token). Decoder rows: masks decoded. Peak memory: highest resident set size during a case "
+        "per generated token). Decoder rows: masks decoded (only those the strategy reads, each distinct answer once). Peak memory: highest resident set size during a case "
         "above the size before it (VmRSS sampled every 2 ms), the maximum over the cases: a lower bound, because "
         "memory freed by earlier cases and kept by the allocator is reused without raising it. Process peak "
         f"resident set size over the whole benchmark: {_max_rss_mib():.0f} MiB.", "",
-        "| m | n | greedy wall (s) | wall (s) | wall ratio | median per-case ratio | LM calls (greedy) | "
+        "| strategy | m | n | greedy wall (s) | wall (s) | wall ratio | median per-case ratio | LM calls (greedy) | "
         "teacher-forced passes | decoder calls | decoder rows (greedy) | peak MiB (greedy) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['paths']} | {row['perturbations']} | {row['greedy_wall_s']:.2f} | {row['wall_s']:.2f} | "
+            f"| {row['strategy']} | {row['paths']} | {row['perturbations']} | {row['greedy_wall_s']:.2f} | {row['wall_s']:.2f} | "
             f"{row['wall_ratio']:.2f}x | {row['median_case_ratio']:.2f}x | {row['lm_forward']:.0f} "
             f"({row['greedy_lm_forward']:.0f}) | {row['teacher_forced']:.0f} | {row['decoder_calls']:.0f} | "
             f"{row['decoder_rows']:.0f} ({row['greedy_decoder_rows']:.0f}) | {row['peak_mib']:.0f} "

@@ -59,6 +59,8 @@ def configurations(max_paths: int, max_perturbations: int) -> list[tuple[str, st
         for perturbations in [count for count in PERTURBATION_COUNTS if count <= max_perturbations]:
             suffix = f"m{paths}-n{perturbations}"
             rows.append((f"self-consistency/{suffix}", "self-consistency", paths, perturbations, 1))
+            rows.append((f"self-consistency:every-mask/{suffix}", "self-consistency:every-mask", paths,
+                         perturbations, 1))
             for score in SCORES:
                 rows.append((f"best-of-n:{score}/{suffix}", f"best-of-n:{score}", paths, perturbations, 1))
             rows.append((f"oracle/{suffix}", "oracle", paths, perturbations, 1))
@@ -82,6 +84,8 @@ def strategy_for(name: str):
         return Greedy()
     if name in ("self-consistency", "region-perturbation", "prompt-ensemble"):
         return SelfConsistency(num_paths=1)
+    if name == "self-consistency:every-mask":
+        return SelfConsistency(num_paths=1, max_fused_paths=0)
     if name == "oracle":
         return Oracle(num_paths=1)
     return BestOfN(num_paths=1, score=name.split(":", 1)[1])
@@ -96,7 +100,7 @@ def score_case(model, sample, args) -> dict:
     greedy, _ = sample_candidates(model, sample, greedy_plan, seed=args.seed)
     results = {}
     for key, name, paths, perturbations, questions in configurations(args.max_paths, args.max_perturbations):
-        if key.startswith(("self-consistency/", "best-of-n", "oracle/")):
+        if key.startswith(("self-consistency/", "self-consistency:", "best-of-n", "oracle/")):
             pool = [c for c in sampled if c.sampled_path < paths and c.perturbation < perturbations]
         else:
             pool = [c for c in greedy
@@ -143,7 +147,9 @@ def markdown(table: dict, args, wall_s: float, cases: int) -> str:
              f"{max(greedy_perturbation_counts(args.max_perturbations))} region prompts each), wall time of this "
              f"invocation {wall_s / 60:.1f} min (resumed runs count only the cases they computed).", "",
              "`oracle` selects with the ground truth (true diagnosis first, then IoU): an UPPER BOUND, not a "
-             "usable strategy. Values in %; accuracy / gIoU / cIoU / Dice.", ""]
+             "usable strategy. `self-consistency` fuses the masks of at most 3 of the winning label's paths "
+             "(its default), `self-consistency:every-mask` those of every voting path. Values in %; "
+             "accuracy / gIoU / cIoU / Dice.", ""]
 
     lines += ["## Share of the oracle's gain over greedy that each strategy recovers", "",
               "(strategy - greedy) / (oracle - greedy) for accuracy and Dice, n/a where the oracle gains "
@@ -177,7 +183,8 @@ def markdown(table: dict, args, wall_s: float, cases: int) -> str:
 
 def _recovery_pairs(args) -> list[tuple[str, str]]:
     m = args.max_paths
-    pairs = [(f"self-consistency/m{m}-n1", f"oracle/m{m}-n1")]
+    pairs = [(f"self-consistency/m{m}-n1", f"oracle/m{m}-n1"),
+             (f"self-consistency:every-mask/m{m}-n1", f"oracle/m{m}-n1")]
     pairs += [(f"best-of-n:{score}/m{m}-n1", f"oracle/m{m}-n1") for score in SCORES]
     if args.max_perturbations > 1:
         pairs.append((f"self-consistency/m{m}-n2", f"oracle/m{m}-n2"))
@@ -202,8 +209,9 @@ def plot(table: dict, args, path: Path) -> None:
     figure, axes = plt.subplots(len(datasets), len(CURVE_METRICS), figsize=(4 * len(CURVE_METRICS),
                                                                              2.8 * len(datasets)), squeeze=False)
     paths = [count for count in PATH_COUNTS if count <= args.max_paths]
-    strategies = ["self-consistency", *[f"best-of-n:{score}" for score in SCORES], "oracle"]
-    colours = dict(zip(strategies, ["tab:blue", "tab:orange", "tab:green", "tab:red", "black"]))
+    strategies = ["self-consistency", "self-consistency:every-mask", *[f"best-of-n:{score}" for score in SCORES],
+                  "oracle"]
+    colours = dict(zip(strategies, ["tab:blue", "tab:purple", "tab:orange", "tab:green", "tab:red", "black"]))
     for row, dataset in enumerate(datasets):
         for column, metric in enumerate(CURVE_METRICS):
             axis = axes[row][column]

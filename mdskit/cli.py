@@ -133,6 +133,9 @@ def _tts_options(function):
                      help="Phrasings of the clinical question per request, 1 to 8."),
         click.option("--score", type=str,
                      help="Ground-truth-free score of best-of-n: predicted-iou, logprob or agreement."),
+        click.option("--max-fused-paths", "max_fused_paths", type=int,
+                     help="Self-consistency: fuse the masks of at most this many of the winning label's paths, "
+                          "the most probable first; only those masks are decoded. 0 fuses every voting path."),
     ]
     # click lists options in decorator order, so apply them last to first.
     for option in reversed(options):
@@ -156,7 +159,7 @@ def _tts_options(function):
 @_parallel_options
 @click.pass_context
 def run(context, method, ttss, checkpoint, out, num_paths, temperature, num_perturbations, num_questions, score,
-        data, train_steps, seed, max_samples, launcher, strategy, accumulation, precision):
+        max_fused_paths, data, train_steps, seed, max_samples, launcher, strategy, accumulation, precision):
     """Train METHOD (or load --checkpoint) and evaluate it on the test splits.
 
     Under torchrun every process trains on its share of each batch and
@@ -168,7 +171,7 @@ def run(context, method, ttss, checkpoint, out, num_paths, temperature, num_pert
     with _user_errors(out), _process_group(launcher, strategy, accumulation, precision) as parallel:
         workspace = _workspace(context)
         _override_tts(workspace, ttss, num_perturbations=num_perturbations, num_questions=num_questions,
-                      score=score)
+                      score=score, max_fused_paths=max_fused_paths)
         settings = RunSettings(method=method, data=parse_data_option(data, workspace.components), out=out,
                                ttss=ttss, checkpoint=checkpoint, train_steps=train_steps, seed=seed,
                                num_paths=num_paths, temperature=temperature, max_samples=max_samples)
@@ -281,7 +284,7 @@ def _parse_window(context, parameter, value: str | None) -> tuple[float, float] 
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON instead of text.")
 @click.pass_context
 def predict(context, method, images, question, checkpoint, ttss, out, window, frame, axis, slice_index, labels,
-            num_paths, temperature, num_perturbations, num_questions, score, seed, as_json):
+            num_paths, temperature, num_perturbations, num_questions, score, max_fused_paths, seed, as_json):
     """Predict a chain of thought, diagnosis and mask with METHOD for each image file.
 
     IMAGES may be PNG, JPEG, BMP, TIFF, DICOM or NIfTI files.
@@ -294,7 +297,7 @@ def predict(context, method, images, question, checkpoint, ttss, out, window, fr
     with _user_errors(out, kept_outputs):
         workspace = _workspace(context)
         _override_tts(workspace, ttss, num_perturbations=num_perturbations, num_questions=num_questions,
-                      score=score)
+                      score=score, max_fused_paths=max_fused_paths)
         label_set = tuple(label.strip() for label in labels.split(",") if label.strip()) if labels else None
         settings = PredictSettings(method=method, images=list(images), question=question, checkpoint=checkpoint,
                                    ttss=ttss, out=out, window=window, frame=frame, axis=axis,

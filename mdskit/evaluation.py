@@ -12,19 +12,22 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from . import SEG_TOKEN
 from .backbone import GeneratedAnswers
 from .cot import parse_diagnosis
 from .metrics import SampleResult
-from .model import MdsModel, as_numpy_mask
+from .model import EncodedImages, MdsModel, as_numpy_mask
 from .questions import format_choices, question_templates
 from .sample import MdsSample
 from .specialist import SpecialistModel, specialist_candidates
-from .tts import Candidate, GroundTruth, Selection, TestTimeScaling, candidate_masks, mean_agreement
+from .tts import (Candidate, GroundTruth, Selection, TestTimeScaling, candidate_masks, decoded_candidates,
+                  mean_agreement)
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +41,8 @@ class Prediction:
         selection: The strategy's answer.
         candidates: Every candidate: sampled path, phrasing and region prompt.
         similarity: The prompt module's image-frame similarity map of the
-            first path, H x W, or None without a prompt module.
+            first decoded path with ``[SEG]``, H x W, or None without a
+            prompt module or such a path.
         strategy: Name of the strategy that selected the answer.
         upper_bound: Whether the strategy selected with the ground truth, so
             the answer is an upper bound and not a usable prediction.
@@ -60,14 +64,16 @@ class Prediction:
         """Return the H x W per-pixel agreement map in [0, 1] saved beside the mask.
 
         It is the strategy's own map (for example the share of the fused
-        masks), or else the share of all candidates whose mask marks the
-        pixel, a candidate without ``[SEG]`` counting as an empty mask.
+        masks), or else the share of the decoded candidates whose mask
+        marks the pixel, a candidate without ``[SEG]`` counting as an empty
+        mask.
         """
         if self.selection.agreement is not None:
             return self.selection.agreement
-        if not self.candidates:
+        decoded = decoded_candidates(self.candidates)
+        if not decoded:
             return torch.zeros(self.selection.mask.shape)
-        return candidate_masks(self.candidates).to(torch.float32).mean(dim=0)
+        return candidate_masks(decoded).to(torch.float32).mean(dim=0)
 
     def score(self) -> SampleResult:
         """Score the prediction; a missing mask or diagnosis counts as a failure."""
@@ -102,23 +108,28 @@ class SamplingPlan:
 
 
 @torch.no_grad()
-def sample_candidates(model: MdsModel, sample: MdsSample, plan: SamplingPlan,
-                      seed: int = 0) -> tuple[list[Candidate], torch.Tensor | None]:
-    """Produce the candidates of one request and the first path's similarity map.
+def sample_candidates(model: MdsModel, sample: MdsSample, plan: SamplingPlan, seed: int = 0,
+                      masks_needed: MasksNeeded | None = None) -> tuple[list[Candidate], torch.Tensor | None]:
+    """Produce the candidates of one request and the first decoded answer's similarity map.
 
     The image is encoded once. Per phrasing, the paths are decoded in one
     batch that shares the prompt's key-value cache, path i sampling with
-    the seed :func:`path_seed` gives it. Every distinct answer of every
-    phrasing is then passed once more through the backbone (teacher-forced,
-    as in training) in one batch, and all (answer, region prompt) pairs are
-    decoded into masks in one decoder call. Perturbations are seeded by
-    :func:`answer_seed`.
+    the seed :func:`path_seed` gives it. The candidates are then built
+    without masks and ``masks_needed`` (a strategy's
+    :meth:`~mdskit.tts.TestTimeScaling.masks_needed`) says which masks to
+    decode; None decodes all. Every distinct answer among those is passed
+    once more through the backbone (teacher-forced, as in training) in one
+    batch, and all its (answer, region prompt) pairs are decoded into masks
+    in one decoder call. Perturbations are seeded by :func:`answer_seed`.
 
     The seeds depend on ``seed``, the sample's id, the phrasing, the path
     and the answer only, so the first k paths of a request and their masks
     are the same whatever the number of paths (up to floating-point
     differences between batch sizes), and do not depend on which samples
     ran before.
+
+    Raises:
+        ValueError: ``masks_needed`` returned a path index that no candidate has.
     """
     model.eval()
     base_seed = _sample_seed(seed, sample.uid)
@@ -136,34 +147,71 @@ def sample_candidates(model: MdsModel, sample: MdsSample, plan: SamplingPlan,
         logprobs.extend(generated.mean_logprobs[0])
         row_questions.extend([question] * plan.num_paths)
 
-    # Paths with the same text under the same question have the same
-    # states and masks, so each distinct answer is decoded once.
-    # NOTE: mask decoding still grows linearly with the distinct answers and
-    # dominates the cost of many paths on a CPU (see benchmarks/README.md).
-    answers = list(dict.fromkeys(zip(row_questions, texts)))
+    candidates = _text_candidates(sample, plan, texts, logprobs)
+    wanted = _wanted(candidates, None if masks_needed is None else masks_needed(candidates))
+    similarity = _decode_masks(model, encoded, wanted, row_questions, plan.num_perturbations, base_seed)
+    return candidates, similarity
+
+
+MasksNeeded = Callable[[Sequence[Candidate]], "list[int] | None"]
+"""A strategy's :meth:`~mdskit.tts.TestTimeScaling.masks_needed`."""
+
+
+def _text_candidates(sample: MdsSample, plan: SamplingPlan, texts: list[str],
+                     logprobs: list[float]) -> list[Candidate]:
+    """Build one candidate per (row, region prompt), without masks; ``seg_found`` comes from the text."""
+    count = plan.num_perturbations
+    candidates = []
+    for row, text in enumerate(texts):
+        diagnosis = parse_diagnosis(text, sample.label_set)
+        for perturbation in range(count):
+            candidates.append(Candidate(
+                path_index=row * count + perturbation, text=text, diagnosis=diagnosis, mask_logits=None,
+                seg_found=SEG_TOKEN in text, mean_logprob=logprobs[row], iou_score=None,
+                sampled_path=row % plan.num_paths, perturbation=perturbation, question_index=row // plan.num_paths))
+    return candidates
+
+
+def _wanted(candidates: list[Candidate], needed: Sequence[int] | None) -> list[Candidate]:
+    if needed is None:
+        return candidates
+    by_index = {candidate.path_index: candidate for candidate in candidates}
+    unknown = sorted(set(needed) - set(by_index))
+    if unknown:
+        raise ValueError(f"masks_needed returned path indices {unknown}, but the candidates' path indices are 0 to "
+                         f"{len(candidates) - 1}; return indices of the candidates given.")
+    return [by_index[index] for index in sorted(set(needed))]
+
+
+def _decode_masks(model: MdsModel, encoded: EncodedImages, wanted: list[Candidate], row_questions: list[str],
+                  count: int, base_seed: int) -> torch.Tensor | None:
+    """Decode the masks of the ``wanted`` candidates in place; return the first answer's similarity map.
+
+    Paths with the same text under the same question have the same states
+    and masks, so each distinct answer is decoded once, with all its
+    ``count`` region prompts.
+    """
+    def answer_of(candidate: Candidate) -> tuple[str, str]:
+        return row_questions[candidate.path_index // count], candidate.text
+
+    answers = list(dict.fromkeys(answer_of(candidate) for candidate in wanted))
+    if not answers:
+        return None
     position = {answer: index for index, answer in enumerate(answers)}
     repeated = encoded.select([0] * len(answers))
     output = model.backbone(repeated.image_features, [question for question, _ in answers],
                             [text for _, text in answers])
-    count = plan.num_perturbations
     seeds = [answer_seed(base_seed, question, text) for question, text in answers]
     masks = model.masks_from_text(repeated, output, num_perturbations=count, perturbation_seeds=seeds)
 
-    candidates = []
-    for row, text in enumerate(texts):
-        diagnosis = parse_diagnosis(text, sample.label_set)
-        answer = position[(row_questions[row], text)]
-        for perturbation in range(count):
-            index = answer * count + perturbation
-            candidates.append(Candidate(
-                path_index=row * count + perturbation, text=text, diagnosis=diagnosis,
-                mask_logits=masks.mask_logits[index], seg_found=masks.seg_found[index], mean_logprob=logprobs[row],
-                iou_score=masks.iou_scores[index], sampled_path=row % plan.num_paths, perturbation=perturbation,
-                question_index=row // plan.num_paths))
-    similarity = None
+    for candidate in wanted:
+        index = position[answer_of(candidate)] * count + candidate.perturbation
+        candidate.mask_logits = masks.mask_logits[index]
+        candidate.seg_found = masks.seg_found[index]
+        candidate.iou_score = masks.iou_scores[index]
     if masks.prompts is not None and masks.prompts.similarity:
-        similarity = masks.prompts.similarity[0]
-    return candidates, similarity
+        return masks.prompts.similarity[0]
+    return None
 
 
 @torch.no_grad()
@@ -183,7 +231,8 @@ def predict(model: MdsModel | SpecialistModel, sample: MdsSample, strategy: Test
         candidates = specialist_candidates(model, sample, plan.num_paths, plan.num_perturbations, plan.num_questions)
         similarity = None
     else:
-        candidates, similarity = sample_candidates(model, sample, plan, seed)
+        candidates, similarity = sample_candidates(model, sample, plan, seed,
+                                                   masks_needed=getattr(strategy, "masks_needed", None))
     selection = select(strategy, candidates, sample)
     return Prediction(sample, selection, candidates, similarity, strategy=getattr(strategy, "name", ""),
                       upper_bound=strategy.uses_ground_truth)
@@ -239,19 +288,8 @@ def _sample_seed(seed: int, uid: str) -> int:
 
 
 def prediction_record(prediction: Prediction, result: SampleResult) -> dict:
-    """Build the ``predictions.jsonl`` record of one sample.
-
-    Each candidate record contains its text and diagnosis, whether it was
-    chosen, and a summary of its mask (area, bounding box). Its scores are
-    the decoder's predicted IoU, the mean token log-probability, the mean
-    IoU with the other candidates' masks, and the strategy's own score
-    when the strategy ranks candidates.
-    """
+    """Build the ``predictions.jsonl`` record of one sample (candidates: see :func:`candidate_records`)."""
     sample, selection = prediction.sample, prediction.selection
-    ordered = sorted(prediction.candidates, key=lambda candidate: candidate.path_index)
-    agreement = mean_agreement(candidate_masks(ordered)) if ordered else []
-    strategy_scores = selection.scores or {}
-    chosen = set(selection.chosen)
     return {
         "id": sample.uid,
         "dataset": sample.dataset,
@@ -270,26 +308,47 @@ def prediction_record(prediction: Prediction, result: SampleResult) -> dict:
         "chosen": selection.chosen,
         "strategy": prediction.strategy,
         "upper_bound": prediction.upper_bound,
-        "candidates": [
-            _candidate_record(candidate, agreement[position], strategy_scores.get(candidate.path_index),
-                              candidate.path_index in chosen)
-            for position, candidate in enumerate(ordered)
-        ],
+        "candidates": candidate_records(prediction),
     }
 
 
-def _candidate_record(candidate: Candidate, agreement: float, score: float | None, chosen: bool) -> dict:
-    mask = candidate.mask_logits > 0
-    if not candidate.seg_found:
-        mask = torch.zeros_like(mask)
-    return {
+def candidate_records(prediction: Prediction) -> list[dict]:
+    """Build one record per candidate, in path-index order.
+
+    Each record contains the candidate's text and diagnosis, whether it was
+    chosen, whether its mask was decoded, and a summary of that mask (area,
+    bounding box). Its scores are the decoder's predicted IoU, the mean
+    token log-probability, the mean IoU with the other decoded candidates'
+    masks, and the strategy's own score when the strategy ranks candidates.
+    The mask fields are None for a candidate whose mask was not decoded.
+    """
+    ordered = sorted(prediction.candidates, key=lambda candidate: candidate.path_index)
+    decoded = decoded_candidates(ordered)
+    agreement = dict(zip((candidate.path_index for candidate in decoded),
+                         mean_agreement(candidate_masks(decoded)) if decoded else [], strict=True))
+    scores = prediction.selection.scores or {}
+    chosen = set(prediction.selection.chosen)
+    return [_candidate_record(candidate, agreement.get(candidate.path_index), scores.get(candidate.path_index),
+                              candidate.path_index in chosen)
+            for candidate in ordered]
+
+
+def _candidate_record(candidate: Candidate, agreement: float | None, score: float | None, chosen: bool) -> dict:
+    record = {
         "path": candidate.path_index, "text": candidate.text, "diagnosis": candidate.diagnosis,
         "seg_found": candidate.seg_found, "mean_logprob": round(candidate.mean_logprob, 4),
-        "iou_score": round(candidate.iou_score, 4), "mask_area": int((candidate.mask_logits > 0).sum()),
+        "decoded": candidate.decoded, "iou_score": None, "mask_area": None,
         "sampled_path": candidate.sampled_path, "perturbation": candidate.perturbation,
-        "question_index": candidate.question_index, "agreement": round(agreement, 4),
-        "score": None if score is None else round(score, 4), "chosen": chosen, "bbox": mask_bbox(mask),
+        "question_index": candidate.question_index, "agreement": None,
+        "score": None if score is None else round(score, 4), "chosen": chosen, "bbox": None,
     }
+    if candidate.decoded:
+        mask = candidate.mask_logits > 0
+        if not candidate.seg_found:
+            mask = torch.zeros_like(mask)
+        record.update(iou_score=round(candidate.iou_score, 4), mask_area=int((candidate.mask_logits > 0).sum()),
+                      agreement=round(agreement, 4), bbox=mask_bbox(mask))
+    return record
 
 
 def mask_bbox(mask: torch.Tensor) -> list[int] | None:
@@ -307,5 +366,6 @@ def result_from_record(record: dict, sample: MdsSample) -> SampleResult:
                         record["intersection"], record["union"], record["predicted_area"], record["true_area"])
 
 
-__all__ = ["Prediction", "SamplingPlan", "predict", "prediction_record", "result_from_record", "sample_candidates",
+__all__ = ["Prediction", "SamplingPlan", "candidate_records", "predict", "prediction_record", "result_from_record",
+           "sample_candidates",
            "select", "as_numpy_mask"]

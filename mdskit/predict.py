@@ -27,14 +27,13 @@ from .build import build_model, build_tts
 from .checkpoint import checkpoint_step, recover_folder
 from .cot import DIAGNOSIS_MARKER
 from .errors import CheckpointError, MdskitError
-from .evaluation import Prediction, _candidate_record, predict
+from .evaluation import Prediction, candidate_records, predict
 from .medical_io import (DICOM_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES, InputImage, read_input_image,
                          write_native_mask)
 from .outputs import HEAT_ALPHA, heat_overlay, normalised, overlay, provenance, save_png, write_json
 from .report import write_report
 from .runs import Workspace
 from .sample import MdsSample
-from .tts import candidate_masks, mean_agreement
 
 logger = logging.getLogger(__name__)
 
@@ -226,24 +225,13 @@ def build_record(source: InputImage, prediction: Prediction, seconds: float,
     return record
 
 
-def candidate_records(prediction: Prediction) -> list[dict[str, Any]]:
-    """Build the candidate records of one prediction, as ``mdskit run`` writes them to ``predictions.jsonl``."""
-    ordered = sorted(prediction.candidates, key=lambda candidate: candidate.path_index)
-    agreement = mean_agreement(candidate_masks(ordered)) if ordered else []
-    scores = prediction.selection.scores or {}
-    chosen = set(prediction.selection.chosen)
-    return [_candidate_record(candidate, agreement[position], scores.get(candidate.path_index),
-                              candidate.path_index in chosen)
-            for position, candidate in enumerate(ordered)]
-
-
 def _similarity_note(prediction: Prediction, prompt_module: str | None) -> dict[str, Any]:
     if prompt_module is None:
         return {"available": False, "reason": "the method has no prompt module, so no similarity map is computed"}
     if prediction.similarity is None:
         return {"available": False, "reason": f"no path generated {SEG_TOKEN}, so the prompt module did not run"}
     values = prediction.similarity.detach().float().cpu()
-    return {"available": True, "of": "the first [SEG] token of the first path that has one",
+    return {"available": True, "of": "the first [SEG] token of the first decoded path that has one",
             "min": round(float(values.min()), 4), "max": round(float(values.max()), 4)}
 
 
@@ -255,7 +243,7 @@ def _agreement_summary(prediction: Prediction) -> dict[str, Any] | None:
     mask = prediction.mask
     inside = float(values[mask].mean()) if mask.any() else None
     return {"mean_in_mask": None if inside is None else round(inside, 4),
-            "fused_paths": len(prediction.selection.chosen)}
+            "masks": sum(candidate.decoded and candidate.seg_found for candidate in prediction.candidates)}
 
 
 def case_folder_name(source: InputImage, used_names: set[str]) -> str:

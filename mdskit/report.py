@@ -78,7 +78,7 @@ def _agreement_text(agreement: dict[str, Any] | None) -> str:
         return "not computed (one path, or no masks fused)"
     inside = agreement.get("mean_in_mask")
     inside_text = "no mask" if inside is None else f"{100 * inside:.0f}% mean inside the mask"
-    return f"{inside_text}, over {agreement.get('fused_paths')} fused path(s)"
+    return f"{inside_text}, over {agreement.get('masks')} decoded mask(s)"
 
 
 def _intensity_text(intensity: dict[str, Any]) -> str:

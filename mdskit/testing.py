@@ -25,6 +25,7 @@ when it is available.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import tempfile
@@ -685,6 +686,28 @@ class TtsStrategyContract(Contract):
             selection = self.select(component, self.candidates(component.num_paths, device))
             require(selection.mask.device.type == device.type,
                     f"Selection.mask is on {selection.mask.device} for candidates on {device}.")
+
+    def test_needed_masks_suffice(self) -> None:
+        component = self.component()
+        candidates = self.candidates(component.num_paths)
+        without_masks = [dataclasses.replace(candidate, mask_logits=None, iou_score=None) for candidate in candidates]
+        needed = component.masks_needed(without_masks)
+        if needed is None:
+            return
+        indices = {candidate.path_index for candidate in candidates}
+        require(set(needed) <= indices,
+                f"masks_needed returned {needed}; expected path indices among {sorted(indices)}.")
+        lazy = [candidate if candidate.path_index in needed else dataclasses.replace(candidate, mask_logits=None)
+                for candidate in candidates]
+        try:
+            partial = self.select(component, lazy)
+        except ValueError as error:
+            raise ContractViolation(f"select read a mask that masks_needed did not list ({error}); list every "
+                                    "candidate whose mask select reads.") from error
+        full = self.select(component, candidates)
+        require(partial.text == full.text and partial.chosen == full.chosen and torch.equal(partial.mask, full.mask),
+                "select gives another answer when only the masks that masks_needed lists are decoded; it must "
+                "read no other mask.")
 
     def test_deterministic_and_pure(self) -> None:
         component = self.component()

@@ -6,6 +6,11 @@ region prompts (n) per answer. It receives one :class:`Candidate` per
 (phrasing, path, prompt) and returns one :class:`Selection`. Only strategies
 with ``uses_ground_truth`` set (the oracle, an upper bound for analysis)
 see the ground truth, and the pipeline passes it to them in evaluation only.
+
+Decoding a mask costs more than sampling a path on a CPU, so the pipeline
+first builds the candidates without masks and asks the strategy's
+:meth:`TestTimeScaling.masks_needed` which masks its selection reads; only
+those are decoded.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ class Candidate:
         text: Generated answer text.
         diagnosis: Parsed diagnosis, or None when the text names no valid label.
         mask_logits: H x W mask logits in the image frame; all negative when
-            the text has no ``[SEG]``.
+            the text has no ``[SEG]``. None when the mask was not decoded,
+            because the strategy's selection does not read it.
         seg_found: Whether the text contains ``[SEG]``.
         mean_logprob: Mean log-probability of the generated tokens.
-        iou_score: The decoder's predicted IoU (0 without ``[SEG]``).
+        iou_score: The decoder's predicted IoU (0 without ``[SEG]``; None
+            when the mask was not decoded).
         sampled_path: Which sampled answer of its phrasing the candidate
             comes from, from 0 (None on input means ``path_index``).
         perturbation: Which region prompt the mask comes from: 0 is the
@@ -48,10 +55,10 @@ class Candidate:
     path_index: int
     text: str
     diagnosis: str | None
-    mask_logits: torch.Tensor
+    mask_logits: torch.Tensor | None
     seg_found: bool
     mean_logprob: float = 0.0
-    iou_score: float = 0.0
+    iou_score: float | None = 0.0
     sampled_path: int | None = None
     perturbation: int = 0
     question_index: int = 0
@@ -59,6 +66,11 @@ class Candidate:
     def __post_init__(self) -> None:
         if self.sampled_path is None:
             self.sampled_path = self.path_index
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the candidate's mask was decoded."""
+        return self.mask_logits is not None
 
 
 @dataclass
@@ -192,6 +204,17 @@ class TestTimeScaling:
         """Whether the backbone samples (True) or decodes greedily (False)."""
         return self.num_paths > 1
 
+    def masks_needed(self, candidates: Sequence[Candidate]) -> list[int] | None:
+        """Return the path indices of the candidates whose masks :meth:`select` reads, or None for all.
+
+        The candidates come without masks (``mask_logits`` None); their
+        text, diagnosis, ``seg_found`` and ``mean_logprob`` are set. The
+        pipeline decodes only the masks listed, so a strategy that picks
+        by text or log-probability pays for one mask instead of m. The
+        default, None, decodes every mask.
+        """
+        return None
+
     def select(self, candidates: Sequence[Candidate]) -> Selection:
         """Choose or fuse one answer from the candidates of one request.
 
@@ -202,10 +225,29 @@ class TestTimeScaling:
 
 
 def candidate_masks(ordered: Sequence[Candidate]) -> torch.Tensor:
-    """Stack the K binary masks (``logits > 0``), empty for a candidate without ``[SEG]``: K x H x W bool."""
+    """Stack the K binary masks (``logits > 0``), empty for a candidate without ``[SEG]``: K x H x W bool.
+
+    Raises:
+        ValueError: A candidate's mask was not decoded.
+    """
+    require_decoded(ordered)
     masks = torch.stack([candidate.mask_logits > 0 for candidate in ordered])
     seg_found = torch.tensor([candidate.seg_found for candidate in ordered], device=masks.device)
     return masks & seg_found[:, None, None]
+
+
+def require_decoded(candidates: Sequence[Candidate]) -> None:
+    """Raise ValueError naming the first candidate whose mask was not decoded."""
+    for candidate in candidates:
+        if not candidate.decoded:
+            raise ValueError(
+                f"candidate {candidate.path_index} has no decoded mask. A strategy reads only the masks that "
+                "its masks_needed method lists; add this candidate's path index there.")
+
+
+def decoded_candidates(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Return the candidates whose masks were decoded, in the order given."""
+    return [candidate for candidate in candidates if candidate.decoded]
 
 
 def pairwise_iou(masks: torch.Tensor) -> torch.Tensor:

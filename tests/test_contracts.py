@@ -20,6 +20,7 @@ from mdskit_litemedsam.litemedsam import LiteMedSAM
 from mdskit_llava.backbone import LlavaBackbone
 from mdskit_rvls2m.rvls2m import RVLS2M
 from mdskit_tts.greedy import Greedy
+from mdskit_tts.self_consistency import SelfConsistency
 
 from mdskit.methods import load_registry
 from mdskit.metrics import Metric
@@ -238,6 +239,25 @@ def test_tts_contract_catches_float_mask():
     message = only_check(Broken(), "test_selection_types_and_shapes")
     assert message == ("Selection.mask is torch.float32 (24, 32); expected a bool H x W mask of the candidates' "
                        "size (24, 32).")
+
+
+class NarrowListVote(SelfConsistency):
+    """Lists only the first path's mask but fuses the masks of every voter."""
+
+    def __init__(self) -> None:
+        super().__init__(num_paths=4, max_fused_paths=0)
+
+    def masks_needed(self, candidates):
+        return [0]
+
+
+def test_tts_contract_catches_masks_needed_too_narrow():
+    class Broken(TtsStrategyContract):
+        def make_component(self):
+            return NarrowListVote()
+
+    message = only_check(Broken(), "test_needed_masks_suffice")
+    assert message.startswith("select read a mask that masks_needed did not list (candidate 2 has no decoded mask.")
 
 
 class UintMaskPhantom(PhantomAdapter):

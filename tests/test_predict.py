@@ -152,7 +152,7 @@ def test_batch_record_contents(batch):
         assert len(record["candidates"]) == 2
         assert record["tts_params"]["temperature"] == 1.0
         assert record["similarity_map"]["available"] is True
-        assert record["agreement"]["fused_paths"] == 2
+        assert record["agreement"]["masks"] == 2
         assert record["seconds"] > 0
         assert "intensity" in record["input"]
     assert records["CT_small.dcm"]["input"]["intensity"]["units"] == "HU"
@@ -429,3 +429,32 @@ def test_interrupt_keeps_cases_and_resumes(registry, checkpoint, tmp_path, monke
     changed = invoke(registry, *arguments, "--seed", 1)
     assert changed.exit_code == 0, changed.output
     assert predicted == ["MR_small.dcm", "CT_small.dcm"]
+
+
+def test_max_fused_paths_decodes_only_the_fused_masks(registry, checkpoint):
+    with pytest.MonkeyPatch.context() as patch:
+        answer_with_template(patch)
+        result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
+                        "--checkpoint", checkpoint, "--ttss", "self-consistency", "--paths", 3,
+                        "--max-fused-paths", 1, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)[0]
+    assert record["tts_params"]["max_fused_paths"] == 1
+    candidates = record["candidates"]
+    decoded = [candidate for candidate in candidates if candidate["decoded"]]
+    assert len(candidates) == 3 and len(decoded) == 1
+    assert decoded[0]["mean_logprob"] == max(candidate["mean_logprob"] for candidate in candidates)
+    assert decoded[0]["mask_area"] == record["mask_area_pixels"]
+    assert all(candidate["mask_area"] is None for candidate in candidates if not candidate["decoded"])
+
+
+@pytest.mark.parametrize(("ttss", "value", "message"), [
+    ("self-consistency", -1, "max_fused_paths (--max-fused-paths) must be an integer of 0 (every voting path) or "
+                             "more, got -1."),
+    ("best-of-n", 2, "max_fused_paths"),
+])
+def test_invalid_max_fused_paths(registry, checkpoint, ttss, value, message):
+    result = invoke(registry, "predict", "tiny-sim4seg", dicom_file("MR_small.dcm"), "--question", QUESTION,
+                    "--checkpoint", checkpoint, "--ttss", ttss, "--max-fused-paths", value)
+    assert result.exit_code == 2
+    assert message in result.output

@@ -8,7 +8,7 @@ from mdskit.errors import ConfigError
 from mdskit.tts import Candidate, Selection, TestTimeScaling
 
 from .candidates import validate_candidates
-from .ranking import candidate_masks, choose_highest, mean_agreement
+from .ranking import candidate_masks, choose_highest, highest_position, mean_agreement
 
 SCORES = ("predicted-iou", "logprob", "agreement")
 """Names of the scores: the mask decoder's predicted IoU, the answer's mean
@@ -26,6 +26,9 @@ class BestOfN(TestTimeScaling):
     others confirm). Candidates without a valid diagnosis or ``[SEG]`` rank
     below complete ones, and equal scores go to the lowest path index (see
     :func:`~mdskit_tts.ranking.choose_highest`).
+
+    ``logprob`` ranks the candidates before any mask exists, so only the
+    winner's mask is decoded; the two mask scores decode every candidate.
 
     Args:
         num_paths: Paths sampled per request (m).
@@ -51,6 +54,14 @@ class BestOfN(TestTimeScaling):
 
     def params(self) -> dict[str, object]:
         return {**super().params(), "score": self.score}
+
+    def masks_needed(self, candidates: Sequence[Candidate]) -> list[int] | None:
+        """Return the winner's path index for ``logprob``, which ranks by text; None (all) for mask scores."""
+        if self.score != "logprob":
+            return None
+        ordered = validate_candidates(candidates)
+        winner = highest_position(ordered, candidate_scores(ordered, self.score))
+        return [ordered[winner].path_index]
 
     def select(self, candidates: Sequence[Candidate]) -> Selection:
         """Return the highest-scoring candidate, with every candidate's score in ``scores``."""

@@ -15,8 +15,10 @@ def validate_candidates(candidates: Sequence[Candidate]) -> list[Candidate]:
 
     Raises:
         ValueError: There are no candidates, two share a path index, a
-            ``mean_logprob`` is NaN or +inf, or the mask logits are not
-            floating-point H x W tensors of one shape, dtype and device.
+            ``mean_logprob`` is NaN or +inf, or the decoded mask logits are
+            not floating-point H x W tensors of one shape, dtype and device.
+            Candidates without a decoded mask (``mask_logits`` None) pass;
+            reading their masks raises later.
     """
     if not candidates:
         raise ValueError("no candidates to select from. The pipeline must pass at least one sampled path.")
@@ -26,12 +28,14 @@ def validate_candidates(candidates: Sequence[Candidate]) -> list[Candidate]:
     if len(set(indices)) != len(indices):
         raise ValueError(f"candidate path indices must be unique, got {indices}.")
 
+    decoded = [candidate for candidate in ordered if candidate.decoded]
     for candidate in ordered:
         if math.isnan(candidate.mean_logprob) or candidate.mean_logprob == math.inf:
             raise ValueError(
                 f"candidate {candidate.path_index}: mean_logprob is {candidate.mean_logprob}, "
                 "but a log-probability must be finite or -inf.")
-        _validate_mask_logits(candidate, ordered[0])
+        if candidate.decoded:
+            _validate_mask_logits(candidate, decoded[0])
     return ordered
 
 

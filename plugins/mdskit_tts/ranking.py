@@ -8,11 +8,12 @@ from collections.abc import Sequence
 import torch
 
 from mdskit import SEG_TOKEN
-from mdskit.tts import Candidate, Selection, candidate_masks, mean_agreement, pairwise_iou
+from mdskit.tts import Candidate, Selection, candidate_masks, mean_agreement, pairwise_iou, require_decoded
 
 from .candidates import empty_mask
 
-__all__ = ["agreement_map", "candidate_masks", "choose_highest", "mask_iou", "mean_agreement", "pairwise_iou"]
+__all__ = ["agreement_map", "candidate_masks", "choose_highest", "highest_position", "mask_iou", "mean_agreement",
+           "pairwise_iou"]
 
 
 def mask_iou(mask: torch.Tensor, truth: torch.Tensor) -> float:
@@ -24,11 +25,24 @@ def mask_iou(mask: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def agreement_map(ordered: Sequence[Candidate]) -> torch.Tensor | None:
-    """Share of the candidates with ``[SEG]`` that mark each pixel, or None with fewer than two of them."""
-    with_seg = [candidate.mask_logits > 0 for candidate in ordered if candidate.seg_found]
+    """Share of the decoded candidates with ``[SEG]`` that mark each pixel, or None with fewer than two of them."""
+    with_seg = [candidate.mask_logits > 0 for candidate in ordered if candidate.seg_found and candidate.decoded]
     if len(with_seg) < 2:
         return None
     return torch.stack(with_seg).to(torch.float32).mean(dim=0)
+
+
+def highest_position(ordered: Sequence[Candidate], scores: Sequence[float], prefer_complete: bool = True) -> int:
+    """Return the position of the best candidate by the ranking that :func:`choose_highest` states."""
+
+    def rank(position: int) -> tuple[int, float]:
+        candidate = ordered[position]
+        completeness = int(candidate.diagnosis is not None) + int(candidate.seg_found) if prefer_complete else 0
+        score = scores[position]
+        return completeness, -math.inf if math.isnan(score) else score
+
+    # max() returns the first of equal keys, and positions are in path-index order.
+    return max(range(len(ordered)), key=rank)
 
 
 def choose_highest(ordered: Sequence[Candidate], scores: Sequence[float], strategy: str,
@@ -41,18 +55,11 @@ def choose_highest(ordered: Sequence[Candidate], scores: Sequence[float], strate
     below every number. Equal ranks go to the lowest path index. The mask
     is the winner's ``logits > 0``, empty without ``[SEG]``.
     ``failure`` says what the winner lacks, so a request whose candidates
-    are all incomplete still gets a scored answer.
+    are all incomplete still gets a scored answer. Only the winner's mask
+    must be decoded; ``agreement`` covers the decoded candidates.
     """
-
-    def rank(position: int) -> tuple[int, float]:
-        candidate = ordered[position]
-        completeness = int(candidate.diagnosis is not None) + int(candidate.seg_found) if prefer_complete else 0
-        score = scores[position]
-        return completeness, -math.inf if math.isnan(score) else score
-
-    # max() returns the first of equal keys, and positions are in path-index order.
-    best = max(range(len(ordered)), key=rank)
-    winner = ordered[best]
+    winner = ordered[highest_position(ordered, scores, prefer_complete)]
+    require_decoded([winner])
     mask = winner.mask_logits > 0 if winner.seg_found else empty_mask(winner.mask_logits)
 
     problems = []

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from mdskit import SEG_TOKEN
-from mdskit.tts import Candidate, Selection, TestTimeScaling
+from mdskit.errors import ConfigError
+from mdskit.tts import Candidate, Selection, TestTimeScaling, require_decoded
 
 from .candidates import empty_mask, fuse_masks, validate_candidates
 
 DEFAULT_NUM_PATHS = 4
 DEFAULT_TEMPERATURE = 0.7
+DEFAULT_MAX_FUSED_PATHS = 3
 
 
 class SelfConsistency(TestTimeScaling):
@@ -25,32 +29,58 @@ class SelfConsistency(TestTimeScaling):
     that appears first in path-index order.
 
     The mask is the pixel-wise majority of the masks (``logits > 0``) of
-    the winner's voters that contain ``[SEG]``. A pixel tie goes to the sign
-    of those voters' mean logit (see :func:`fuse_masks`). The text is that
-    of the winner's voter with the highest ``mean_logprob``, the lowest path
-    index breaking a tie.
+    the winner's voting paths that contain ``[SEG]``, at most
+    ``max_fused_paths`` of them, the most probable first (highest
+    ``mean_logprob``, then lowest path index). A pixel tie goes to the sign
+    of the fused masks' mean logit (see :func:`fuse_masks`). The text is
+    that of the winner's voter with the highest ``mean_logprob``, the
+    lowest path index breaking a tie.
 
     When no candidate names a valid diagnosis, the diagnosis is None, the
-    mask fuses every candidate with ``[SEG]`` by the same rule, and the text
+    mask fuses the candidates with ``[SEG]`` by the same rule, and the text
     is that of the candidate with the highest ``mean_logprob``.
 
     Each candidate votes, so with n region prompts per path every path
     casts n equal votes and the vote's outcome is that of the paths, while
-    the mask fuses the perturbed masks too.
+    the mask fuses the n masks of each fused path.
+
+    Only the fused masks are decoded (see :meth:`masks_needed`): with the
+    default cap of 3 paths, m = 8 paths decode 3 masks, not 8.
 
     Args:
         num_paths: Paths sampled per request, from 1 to ``MAX_NUM_PATHS``.
         temperature: Sampling temperature, above 0 when ``num_paths`` > 1.
         num_perturbations: Region prompts per path (n), the first unperturbed.
         num_questions: Phrasings of the clinical question.
+        max_fused_paths: Voting paths whose masks are fused, 0 for all.
+
+    Raises:
+        ConfigError: ``max_fused_paths`` is not an integer of 0 or more, or
+            a count or the temperature is invalid (see
+            :class:`~mdskit.tts.TestTimeScaling`).
     """
 
     name = "self-consistency"
 
     def __init__(self, num_paths: int = DEFAULT_NUM_PATHS, temperature: float = DEFAULT_TEMPERATURE,
-                 num_perturbations: int = 1, num_questions: int = 1) -> None:
+                 num_perturbations: int = 1, num_questions: int = 1,
+                 max_fused_paths: int = DEFAULT_MAX_FUSED_PATHS) -> None:
         super().__init__(num_paths=num_paths, temperature=temperature, num_perturbations=num_perturbations,
                          num_questions=num_questions)
+        if isinstance(max_fused_paths, bool) or not isinstance(max_fused_paths, numbers.Integral) \
+                or max_fused_paths < 0:
+            raise ConfigError(f"max_fused_paths (--max-fused-paths) must be an integer of 0 (every voting path) "
+                              f"or more, got {max_fused_paths!r}.")
+        self.max_fused_paths = int(max_fused_paths)
+
+    def params(self) -> dict[str, object]:
+        return {**super().params(), "max_fused_paths": self.max_fused_paths}
+
+    def masks_needed(self, candidates: Sequence[Candidate]) -> list[int]:
+        """Return the path indices of the masks to fuse: those of the fused voting paths."""
+        ordered = validate_candidates(candidates)
+        vote = self._vote(ordered)
+        return [ordered[position].path_index for position in vote.masks_read]
 
     def select(self, candidates: Sequence[Candidate]) -> Selection:
         """Vote on the diagnosis and fuse the masks of the paths that agree.
@@ -62,32 +92,59 @@ class SelfConsistency(TestTimeScaling):
 
         Raises:
             ValueError: The candidates fail :func:`validate_candidates`,
-                for example masks of different sizes.
+                for example masks of different sizes, or a fused mask was
+                not decoded.
         """
         ordered = validate_candidates(candidates)
-        mask_logits = torch.stack([candidate.mask_logits for candidate in ordered])
+        vote = self._vote(ordered)
+        mask, agreement = _fuse(ordered, vote)
+        return Selection(
+            text=ordered[vote.text_source].text,
+            diagnosis=vote.diagnosis,
+            mask=mask,
+            chosen=[ordered[position].path_index for position in vote.chosen],
+            agreement=agreement,
+            failure=vote.failure,
+        )
 
+    def _vote(self, ordered: Sequence[Candidate]) -> _Vote:
+        """Settle the diagnosis, the text and the masks to fuse from the texts alone."""
         votes = _count_votes(ordered)
         if not votes:
-            return _select_without_diagnosis(ordered, mask_logits)
-
+            return self._vote_without_diagnosis(ordered)
         diagnosis = _winning_label(ordered, votes)
         voters = votes[diagnosis]
-        text_source = _highest_logprob(ordered, voters)
-        mask, agreement, mask_sources = _fuse_with_seg(ordered, mask_logits, voters)
-
+        mask_sources = _most_probable_paths(ordered, voters, self.max_fused_paths)
         failure = None
         if not mask_sources:
             failure = (f"None of the {len(voters)} paths that voted for '{diagnosis}' "
                        f"contains {SEG_TOKEN}, so the mask is empty.")
-        return Selection(
-            text=ordered[text_source].text,
-            diagnosis=diagnosis,
-            mask=mask,
-            chosen=[ordered[position].path_index for position in voters],
-            agreement=agreement,
-            failure=failure,
-        )
+        return _Vote(diagnosis, _highest_logprob(ordered, voters), mask_sources, list(voters), failure)
+
+    def _vote_without_diagnosis(self, ordered: Sequence[Candidate]) -> _Vote:
+        all_positions = range(len(ordered))
+        text_source = _highest_logprob(ordered, all_positions)
+        mask_sources = _most_probable_paths(ordered, all_positions, self.max_fused_paths)
+        failure = f"None of the {len(ordered)} sampled paths names a valid diagnosis."
+        if not mask_sources:
+            failure += f" None contains {SEG_TOKEN}, so the mask is empty."
+        return _Vote(None, text_source, mask_sources, sorted({text_source, *mask_sources}), failure)
+
+
+@dataclass
+class _Vote:
+    """The outcome of a vote, settled before any mask is read; positions index the ordered candidates."""
+
+    diagnosis: str | None
+    text_source: int
+    mask_sources: list[int]
+    chosen: list[int]
+    failure: str | None
+
+    @property
+    def masks_read(self) -> list[int]:
+        """The fused masks, or the text's own (empty) mask for the image size when none has ``[SEG]``."""
+        return self.mask_sources or [self.text_source]
 
 
 class RegionPerturbation(SelfConsistency):
@@ -102,9 +159,9 @@ class RegionPerturbation(SelfConsistency):
     name = "region-perturbation"
 
     def __init__(self, num_paths: int = 1, temperature: float = DEFAULT_TEMPERATURE, num_perturbations: int = 4,
-                 num_questions: int = 1) -> None:
+                 num_questions: int = 1, max_fused_paths: int = DEFAULT_MAX_FUSED_PATHS) -> None:
         super().__init__(num_paths=num_paths, temperature=temperature, num_perturbations=num_perturbations,
-                         num_questions=num_questions)
+                         num_questions=num_questions, max_fused_paths=max_fused_paths)
 
 
 class PromptEnsemble(SelfConsistency):
@@ -120,9 +177,9 @@ class PromptEnsemble(SelfConsistency):
     name = "prompt-ensemble"
 
     def __init__(self, num_paths: int = 1, temperature: float = DEFAULT_TEMPERATURE, num_perturbations: int = 1,
-                 num_questions: int = 3) -> None:
+                 num_questions: int = 3, max_fused_paths: int = DEFAULT_MAX_FUSED_PATHS) -> None:
         super().__init__(num_paths=num_paths, temperature=temperature, num_perturbations=num_perturbations,
-                         num_questions=num_questions)
+                         num_questions=num_questions, max_fused_paths=max_fused_paths)
 
 
 def _count_votes(ordered: Sequence[Candidate]) -> dict[str, list[int]]:
@@ -153,36 +210,27 @@ def _highest_logprob(ordered: Sequence[Candidate], positions: Sequence[int]) -> 
     return max(positions, key=lambda position: ordered[position].mean_logprob)
 
 
-def _fuse_with_seg(ordered: Sequence[Candidate], mask_logits: torch.Tensor,
-                   positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
-    """Fuse the masks of the candidates at ``positions`` that contain ``[SEG]``.
+def _most_probable_paths(ordered: Sequence[Candidate], positions: Iterable[int], limit: int) -> list[int]:
+    """Return the positions with ``[SEG]`` of the ``limit`` most probable paths among ``positions`` (0: all).
 
-    Returns:
-        The fused mask, the agreement map (None when no candidate has
-        ``[SEG]``, with an empty mask) and the positions whose masks were fused.
+    A path is one sampled answer to one phrasing. Its n region prompts are
+    n candidates with its text and log-probability, kept or dropped together. Paths rank by ``mean_logprob``, the lowest path
+    index breaking a tie. The positions come back in path-index order.
     """
-    mask_sources = [position for position in positions if ordered[position].seg_found]
-    if not mask_sources:
-        return empty_mask(mask_logits[0]), None, []
-    index = torch.tensor(mask_sources, device=mask_logits.device)
-    mask, agreement = fuse_masks(mask_logits.index_select(0, index))
-    return mask, agreement, mask_sources
+    paths: dict[tuple[int, int], list[int]] = {}
+    for position in positions:
+        candidate = ordered[position]
+        if candidate.seg_found:
+            paths.setdefault((candidate.question_index, candidate.sampled_path), []).append(position)
+    ranked = sorted(paths.values(), key=lambda members: (-ordered[members[0]].mean_logprob, members[0]))
+    kept = ranked if limit == 0 else ranked[:limit]
+    return sorted(position for members in kept for position in members)
 
 
-def _select_without_diagnosis(ordered: Sequence[Candidate], mask_logits: torch.Tensor) -> Selection:
-    all_positions = range(len(ordered))
-    text_source = _highest_logprob(ordered, all_positions)
-    mask, agreement, mask_sources = _fuse_with_seg(ordered, mask_logits, all_positions)
-
-    failure = f"None of the {len(ordered)} sampled paths names a valid diagnosis."
-    if not mask_sources:
-        failure += f" None contains {SEG_TOKEN}, so the mask is empty."
-    used = sorted({text_source, *mask_sources})
-    return Selection(
-        text=ordered[text_source].text,
-        diagnosis=None,
-        mask=mask,
-        chosen=[ordered[position].path_index for position in used],
-        agreement=agreement,
-        failure=failure,
-    )
+def _fuse(ordered: Sequence[Candidate], vote: _Vote) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fuse the vote's masks; an empty mask and no agreement map when none has ``[SEG]``."""
+    sources = [ordered[position] for position in vote.masks_read]
+    require_decoded(sources)
+    if not vote.mask_sources:
+        return empty_mask(sources[0].mask_logits), None
+    return fuse_masks(torch.stack([candidate.mask_logits for candidate in sources]))
