@@ -368,6 +368,25 @@ def test_fsdp_checkpoint_resumes_in_one(one_and_two_processes, registry, tmp_pat
 
 
 @pytest.mark.slow
+def test_fsdp_trains_lora_adapters(registry, tmp_path):
+    """FSDP shards modules that mix frozen base weights with trainable adapters."""
+    from safetensors.torch import load_file
+
+    result = torchrun(2, registry, "train", "tiny-sim4seg", "--max-samples", "4", "--train-steps", "2",
+                      "--precision", "float32", "--strategy", "fsdp", "--lora-rank", "4", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = step_losses(tmp_path)
+    assert sorted(losses) == [1, 2]
+    assert all(np.isfinite(losses[step]["loss"]) for step in losses)
+    record = json.loads((tmp_path / "checkpoint" / "method.json").read_text())
+    assert record["method"]["finetune"]["lora"]["r"] == 4
+    adapters = load_file(tmp_path / "checkpoint" / "backbone" / "lora_adapters.safetensors")
+    # 1 layer x (q_proj, v_proj) x (lora_A, lora_B), each with rank 4.
+    assert len(adapters) == 4
+    assert all(4 in tensor.shape for tensor in adapters.values())
+
+
+@pytest.mark.slow
 def test_indivisible_batch_fails_before_compute(registry, tmp_path):
     result = torchrun(2, registry, "train", "tiny-odd-batch", "--max-samples", "3", "--out", tmp_path)
     assert result.returncode != 0
