@@ -192,9 +192,7 @@ def check_strategy(settings: ParallelSettings, processes: int, device: torch.dev
     if settings.precision == "float16" and device.type != "cuda":
         raise ConfigError("float16 training needs CUDA (its loss scaling and kernels are GPU-only); use "
                           "--precision bfloat16 or float32 on the CPU.")
-    if processes == 1 or settings.strategy == "ddp":
-        return
-    if settings.strategy != "deepspeed":
+    if processes == 1 or settings.strategy != "deepspeed":
         return
     if device.type != "cuda":
         raise ConfigError("strategy 'deepspeed' needs CUDA GPUs (one per process); use --strategy ddp or fsdp "
