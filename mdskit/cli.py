@@ -13,6 +13,7 @@ import math
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -22,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import MdskitError
+from .errors import ConfigError, MdskitError
 from .registry import ROLES
 
 console = Console(stderr=True)
@@ -107,8 +108,8 @@ def _parallel_options(function):
                           "(default: pytorch when torchrun's variables are set)."),
         click.option("--strategy", type=click.Choice(["ddp", "fsdp", "deepspeed"]), default="ddp",
                      show_default=True,
-                     help="Multi-process strategy: ddp (CPU or GPU), fsdp or deepspeed (GPU only, sharded "
-                          "optimizer state and, with fsdp, sharded weights)."),
+                     help="Multi-process strategy: ddp (CPU or GPU), fsdp (CPU or GPU, sharded weights and "
+                          "optimizer state) or deepspeed (GPU only, sharded optimizer state)."),
         click.option("--accumulate", "accumulation", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Micro-batches per optimizer step on each process (gradient accumulation); the "
                           "method's batch size must be a multiple of processes x this."),
@@ -119,6 +120,51 @@ def _parallel_options(function):
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def _lora_options(function):
+    """Add the options that override the method's LoRA settings."""
+    options = [
+        click.option("--lora-rank", type=int,
+                     help="LoRA rank r of each adapter, a positive integer (default: the method's "
+                          "finetune.lora.r, else 8). Any --lora option turns on LoRA fine-tuning, which freezes "
+                          "every weight outside the adapters and the finetune.trainable parts."),
+        click.option("--lora-alpha", type=float,
+                     help="LoRA scaling numerator, a number above 0. Each adapter's update is scaled by "
+                          "alpha / rank (default: the method's finetune.lora.alpha, else 16)."),
+        click.option("--lora-dropout", type=float,
+                     help="Dropout on each adapter's input, in [0, 1) "
+                          "(default: the method's finetune.lora.dropout, else 0.05)."),
+        click.option("--lora-targets", metavar="NAMES",
+                     help="Comma-separated names of the language model's layers that get adapters, for "
+                          "example q_proj,v_proj (default: the method's finetune.lora.target_modules, "
+                          "else q_proj,v_proj)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _override_lora(workspace, method: str, rank: int | None, alpha: float | None, dropout: float | None,
+                   targets: str | None) -> None:
+    """Replace the method's registry.yaml LoRA settings with those given on the command line."""
+    from .finetune import override_lora
+
+    overrides = {"r": rank, "alpha": alpha, "dropout": dropout,
+                 "target_modules": None if targets is None else [name.strip() for name in targets.split(",")]}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if not overrides:
+        return
+    # Keep a whole alpha an int, as registry.yaml writes it, so that the
+    # same settings give the same run fingerprint.
+    if "alpha" in overrides and overrides["alpha"].is_integer():
+        overrides["alpha"] = int(overrides["alpha"])
+    spec = workspace.registry.method(method)
+    if spec.specialist is not None:
+        raise ConfigError(f"method '{method}' is a specialist model without a language model, so it takes no "
+                          "LoRA adapters; remove the --lora options.")
+    where = f"method '{method}' with the --lora options (--lora-rank sets r, --lora-targets sets target_modules)"
+    workspace.registry.methods[method] = replace(spec, finetune=override_lora(spec.finetune, overrides, where))
 
 
 def _tts_options(function):
@@ -157,9 +203,11 @@ def _tts_options(function):
 @_tts_options
 @_data_options
 @_parallel_options
+@_lora_options
 @click.pass_context
 def run(context, method, ttss, checkpoint, out, num_paths, temperature, num_perturbations, num_questions, score,
-        max_fused_paths, data, train_steps, seed, max_samples, launcher, strategy, accumulation, precision):
+        max_fused_paths, data, train_steps, seed, max_samples, launcher, strategy, accumulation, precision,
+        lora_rank, lora_alpha, lora_dropout, lora_targets):
     """Train METHOD (or load --checkpoint) and evaluate it on the test splits.
 
     Under torchrun every process trains on its share of each batch and
@@ -172,6 +220,11 @@ def run(context, method, ttss, checkpoint, out, num_paths, temperature, num_pert
         workspace = _workspace(context)
         _override_tts(workspace, ttss, num_perturbations=num_perturbations, num_questions=num_questions,
                       score=score, max_fused_paths=max_fused_paths)
+        lora_options = (lora_rank, lora_alpha, lora_dropout, lora_targets)
+        if checkpoint is not None and any(value is not None for value in lora_options):
+            raise ConfigError("the --lora options set how a method trains, but --checkpoint loads a trained "
+                              f"model from {checkpoint}; remove the --lora options or the --checkpoint.")
+        _override_lora(workspace, method, *lora_options)
         settings = RunSettings(method=method, data=parse_data_option(data, workspace.components), out=out,
                                ttss=ttss, checkpoint=checkpoint, train_steps=train_steps, seed=seed,
                                num_paths=num_paths, temperature=temperature, max_samples=max_samples)
@@ -199,8 +252,10 @@ def _override_tts(workspace, ttss: str, **overrides) -> None:
               help="Output folder (default: runs/METHOD-train); the checkpoint goes to OUT/checkpoint.")
 @_data_options
 @_parallel_options
+@_lora_options
 @click.pass_context
-def train(context, method, out, data, train_steps, seed, max_samples, launcher, strategy, accumulation, precision):
+def train(context, method, out, data, train_steps, seed, max_samples, launcher, strategy, accumulation, precision,
+          lora_rank, lora_alpha, lora_dropout, lora_targets):
     """Train METHOD and save a checkpoint without evaluating it.
 
     For several processes start it with torchrun, for example
@@ -211,6 +266,7 @@ def train(context, method, out, data, train_steps, seed, max_samples, launcher, 
     out = out or Path("runs") / f"{method}-train"
     with _user_errors(out), _process_group(launcher, strategy, accumulation, precision) as parallel:
         workspace = _workspace(context)
+        _override_lora(workspace, method, lora_rank, lora_alpha, lora_dropout, lora_targets)
         settings = RunSettings(method=method, data=parse_data_option(data, workspace.components), out=out,
                                train_steps=train_steps, seed=seed, max_samples=max_samples)
         _announce_data(workspace, settings.data)

@@ -11,7 +11,8 @@ Strategies run through mmengine's ``FlexibleRunner``:
 
 - ``ddp``: ``DistributedDataParallel``, on the CPU (gloo) or on GPUs;
 - ``fsdp``: ``FullyShardedDataParallel`` with the original parameters kept,
-  so frozen and trainable weights may share a module (GPUs only);
+  so frozen and trainable weights may share a module, on GPUs or on the
+  CPU (gloo);
 - ``deepspeed``: DeepSpeed ZeRO stage 1 or 2 (GPUs only, and the
   ``deepspeed`` package must be installed).
 """
@@ -22,7 +23,7 @@ import datetime
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -185,29 +186,34 @@ def check_strategy(settings: ParallelSettings, processes: int, device: torch.dev
     """Reject a strategy that cannot run here, before any compute.
 
     Raises:
-        ConfigError: FSDP or DeepSpeed without CUDA, DeepSpeed without its
-            package, or float16 on the CPU.
+        ConfigError: DeepSpeed without CUDA or without its package, or
+            float16 on the CPU.
     """
     if settings.precision == "float16" and device.type != "cuda":
         raise ConfigError("float16 training needs CUDA (its loss scaling and kernels are GPU-only); use "
                           "--precision bfloat16 or float32 on the CPU.")
-    if processes == 1 or settings.strategy == "ddp":
+    if processes == 1 or settings.strategy != "deepspeed":
         return
     if device.type != "cuda":
-        raise ConfigError(f"strategy '{settings.strategy}' needs CUDA GPUs (one per process); use "
-                          "--strategy ddp to train on CPUs.")
-    if settings.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("strategy 'deepspeed' needs CUDA GPUs (one per process); use --strategy ddp or fsdp "
+                          "to train on CPUs.")
+    if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("strategy 'deepspeed' needs the deepspeed package; install it with "
                           "'pip install deepspeed' or use --strategy ddp or fsdp.")
 
 
 def strategy_config(settings: ParallelSettings, processes: int, device: torch.device, micro_batch: int,
-                    grad_clip: float) -> dict[str, Any] | None:
+                    grad_clip: float, unsharded: Sequence[str] = ()) -> dict[str, Any] | None:
     """Return mmengine's strategy config, or None for one process.
 
     DDP looks for unused parameters because a method leaves some decoder
     weights unused (for example the no-mask embedding when a dense prompt is
     given). ``device_ids`` is None on the CPU, where gloo runs the reduction.
+
+    Args:
+        unsharded: Names of submodules that FSDP leaves whole on every
+            process (its ``ignored_modules``), for frozen modules whose
+            weights are read outside the wrapped forward pass.
     """
     if processes == 1:
         return None
@@ -220,6 +226,12 @@ def strategy_config(settings: ParallelSettings, processes: int, device: torch.de
         return dict(type="DDPStrategy", model_wrapper=wrapper)
     if settings.strategy == "fsdp":
         wrapper = dict(type="MMFullyShardedDataParallel", use_orig_params=True)
+        if device.type != "cuda":
+            # mmengine 0.10.7's FSDPStrategy passes device_id=LOCAL_RANK,
+            # which makes FSDP move the weights to that CUDA device.
+            wrapper["device_id"] = "cpu"
+        if unsharded:
+            wrapper["ignored_modules"] = list(unsharded)
         return dict(type="FSDPStrategy", model_wrapper=wrapper)
     # DeepSpeed clips and accumulates itself; the weights stay float32 and
     # the forward pass runs under the training model's own autocast.

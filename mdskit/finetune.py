@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,22 @@ def parse_finetune(raw: Any, where: str) -> FinetuneConfig | None:
     return FinetuneConfig(lora=lora, trainable=tuple(trainable), gradient_checkpointing=checkpointing)
 
 
+def override_lora(config: FinetuneConfig | None, overrides: dict[str, Any], where: str) -> FinetuneConfig:
+    """Replace LoRA settings of ``config`` and validate the result as a ``finetune`` section.
+
+    A method without fine-tuning settings, or with ``lora: null``, gets LoRA
+    with the defaults for the settings that ``overrides`` leaves out.
+
+    Args:
+        config: The method's fine-tuning settings, or None.
+        overrides: ``LoraSettings`` field names and their new values.
+        where: Where the values come from, for error messages.
+    """
+    raw = {} if config is None else config.as_dict()
+    raw["lora"] = {**(raw.get("lora") or {}), **overrides}
+    return parse_finetune(raw, where)
+
+
 def _parse_lora(raw: Any, where: str) -> LoraSettings | None:
     if raw is None:
         return None
@@ -117,7 +134,8 @@ def _parse_lora(raw: Any, where: str) -> LoraSettings | None:
     settings = LoraSettings(**{**raw, "target_modules": tuple(targets)})
     if isinstance(settings.r, bool) or not isinstance(settings.r, int) or settings.r < 1:
         raise ConfigError(f"{where}: invalid lora r {settings.r!r}; set a positive integer such as 8.")
-    if isinstance(settings.alpha, bool) or not isinstance(settings.alpha, (int, float)) or settings.alpha <= 0:
+    if (isinstance(settings.alpha, bool) or not isinstance(settings.alpha, (int, float))
+            or not math.isfinite(settings.alpha) or settings.alpha <= 0):
         raise ConfigError(f"{where}: invalid lora alpha {settings.alpha!r}; set a positive number such as 16.")
     if not isinstance(settings.dropout, (int, float)) or not 0 <= settings.dropout < 1:
         raise ConfigError(f"{where}: invalid lora dropout {settings.dropout!r}; set a number in [0, 1).")
@@ -141,7 +159,7 @@ def check_lora_targets(language_model: nn.Module, targets: tuple[str, ...]) -> d
         available = sorted({name.rsplit(".", 1)[-1] for name in names})
         raise ConfigError(
             f"LoRA target modules {unmatched} match no layer of the language model; its layer names are: "
-            f"{', '.join(available)}. Set finetune.lora.target_modules to some of them.")
+            f"{', '.join(available)}. Set finetune.lora.target_modules or --lora-targets to some of them.")
     return counts
 
 
@@ -163,8 +181,8 @@ def apply_finetuning(model: nn.Module, config: FinetuneConfig) -> dict[str, int]
     """
     backbone = model.backbone
     if not hasattr(backbone, "language_model_module"):
-        raise ConfigError(f"backbone '{backbone.name}' does not support fine-tuning settings; remove the "
-                          "method's finetune section.")
+        raise ConfigError(f"backbone '{backbone.name}' does not support fine-tuning settings or LoRA; remove the "
+                          "method's finetune section and the --lora options.")
     language_model = backbone.language_model_module()
     existing = getattr(language_model, LORA_ATTRIBUTE, None)
     if config.lora is not None and existing is None:

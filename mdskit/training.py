@@ -194,6 +194,20 @@ class MdsTrainingModel(BaseModel):
         losses.update({term: shares[term].detach() for term in LOSS_TERMS})
         return losses
 
+    def frozen_decoder_modules(self) -> list[str]:
+        """Return the names of the decoder's submodules whose weights are all frozen.
+
+        FSDP leaves these whole, because the image encoder runs outside the
+        wrapped forward pass and LiteMedSAM's TinyViT indexes its attention
+        biases in ``train()``, which fails on a flattened shard.
+        """
+        names = []
+        for name, module in self.model.decoder.named_children():
+            parameters = list(module.parameters())
+            if parameters and not any(parameter.requires_grad for parameter in parameters):
+                names.append(f"model.decoder.{name}")
+        return names
+
     def _token_share(self, questions: list[str], answers: list[str], batch: list[int]) -> float:
         """Return this micro-batch's weight of the batch's token cross-entropy."""
         backbone = self.model.backbone
@@ -249,7 +263,7 @@ class ShardedClipOptimWrapper(OptimWrapper):
             yield
 
     def _clip_grad(self) -> None:
-        # NOTE: written for FSDP on GPUs and not yet run on one.
+        # NOTE: tested with FSDP on the CPU (gloo), not yet on GPUs.
         norm = self._model.clip_grad_norm_(**self.clip_grad_kwargs)
         self.message_hub.update_scalar(f"train/{self.grad_name}", float(norm))
 
@@ -351,8 +365,8 @@ class Trainer:
         self._log_settings()
         chunks = self.processes * self.parallel.accumulation
         training_model = MdsTrainingModel(self.model, self.config, self.samples, self.precision, chunks)
-        # Encode before any wrapper exists: FSDP would shard the frozen
-        # encoder's weights, which encoding reads outside the wrapped forward.
+        # Encode each image once, before any wrapper exists, because the
+        # frozen encoder is not part of the training forward pass.
         self.model.to(self.device)
         training_model.encoded = self._encode_all()
         hook = StepHook(self)
@@ -380,7 +394,8 @@ class Trainer:
                                                          config.grad_clip)
         launcher = "pytorch" if self.processes > 1 else "none"
         strategy = distributed.strategy_config(self.parallel, self.processes, self.device,
-                                               self.micro_batches.micro_batch, config.grad_clip)
+                                               self.micro_batches.micro_batch, config.grad_clip,
+                                               unsharded=training_model.frozen_decoder_modules())
         # The runner seeds every generator when it starts; keep the caller's
         # random state so that a run draws what the plain loop drew.
         states = torch.get_rng_state(), np.random.get_state(), random.getstate()

@@ -89,3 +89,35 @@ def test_missing_checkpoint_folder(tmp_path):
 def test_leaderboard_of_missing_folder(tmp_path):
     result = invoke("leaderboard", tmp_path / "absent")
     assert_user_error(result, "absent does not exist", "mdskit bench --out")
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--lora-rank", "0", "invalid lora r 0"),
+    ("--lora-alpha", "-2", "invalid lora alpha -2"),
+    ("--lora-alpha", "nan", "invalid lora alpha nan"),
+    ("--lora-dropout", "1.5", "invalid lora dropout 1.5"),
+    ("--lora-targets", "q_proj,", "invalid lora target_modules ['q_proj', '']"),
+])
+def test_invalid_lora_option(tmp_path, option, value, message):
+    result = invoke("train", "lisa", option, value, "--out", tmp_path / "out")
+    assert_user_error(result, message, "method 'lisa' with the --lora options")
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_lora_option_in_run(tmp_path):
+    result = invoke("run", "sim4seg", "--lora-rank", "-1", "--out", tmp_path / "out")
+    assert_user_error(result, "invalid lora r -1", "set a positive integer")
+
+
+def test_lora_option_on_specialist(tmp_path):
+    from mdskit.runs import Workspace
+
+    if "specialist" in Workspace.load().registry.unavailable:
+        pytest.skip("the specialist method's plugin is not installed")
+    result = invoke("train", "specialist", "--lora-rank", "4", "--out", tmp_path / "out")
+    assert_user_error(result, "method 'specialist' is a specialist model", "remove the --lora options")
+
+
+def test_lora_option_with_checkpoint(tmp_path):
+    result = invoke("run", "lisa", "--checkpoint", tmp_path, "--lora-rank", "4", "--out", tmp_path / "out")
+    assert_user_error(result, "--checkpoint loads a trained model", "remove the --lora options")

@@ -16,7 +16,7 @@ from mdskit.build import build_model
 from mdskit.cli import main
 from mdskit.errors import ConfigError
 from mdskit.finetune import (FinetuneConfig, LoraSettings, apply_finetuning, checkpointing_enabled, lora_layers,
-                             parse_finetune)
+                             override_lora, parse_finetune)
 from mdskit.runs import Workspace
 from mdskit_llava.hf_backbone import HfLlavaBackbone
 from test_checkpoints_layouts import ANSWER, QUESTION, sample
@@ -60,6 +60,67 @@ def test_defaults_are_lisa_values():
 def test_invalid_settings_rejected(raw, message):
     with pytest.raises(ConfigError, match=message):
         parse_finetune(raw, "methods.x.finetune")
+
+
+def test_override_without_finetune_section():
+    config = override_lora(None, {"r": 4}, "--lora options")
+    assert config.lora == LoraSettings(r=4, alpha=16, dropout=0.05, target_modules=("q_proj", "v_proj"))
+    assert config.trainable == FinetuneConfig().trainable
+
+
+def test_override_keeps_other_settings():
+    method = parse_finetune({"lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj"]},
+                             "trainable": ["seg_projection"], "gradient_checkpointing": True}, "methods.x.finetune")
+    config = override_lora(method, {"dropout": 0.1, "target_modules": ["o_proj"]}, "--lora options")
+    assert config.lora == LoraSettings(r=16, alpha=32, dropout=0.1, target_modules=("o_proj",))
+    assert config.trainable == ("seg_projection",)
+    assert config.gradient_checkpointing is True
+
+
+def test_override_turns_on_lora():
+    method = parse_finetune({"lora": None, "trainable": ["mask_decoder"]}, "methods.x.finetune")
+    assert method.lora is None
+    config = override_lora(method, {"alpha": 8}, "--lora options")
+    assert config.lora == LoraSettings(r=8, alpha=8, dropout=0.05, target_modules=("q_proj", "v_proj"))
+    assert config.trainable == ("mask_decoder",)
+
+
+def test_override_rejects_bad_value():
+    with pytest.raises(ConfigError, match="^--lora options: invalid lora r 0"):
+        override_lora(None, {"r": 0}, "--lora options")
+
+
+def test_train_records_lora_options(tmp_path):
+    """CLI values replace the registry's in the checkpoint record and the adapters that are saved."""
+    result = CliRunner().invoke(main, [str(argument) for argument in [
+        "train", "lisa", "--max-samples", 2, "--train-steps", 1, "--lora-rank", 4, "--lora-alpha", 8,
+        "--lora-targets", "q_proj", "--out", tmp_path]])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "checkpoint" / "method.json").read_text())
+    assert record["method"]["finetune"]["lora"] == {"r": 4, "alpha": 8, "dropout": 0.05, "target_modules": ["q_proj"]}
+    assert record["method"]["finetune"]["trainable"] == list(FinetuneConfig().trainable)
+    backbone = tmp_path / "checkpoint" / "backbone"
+    assert json.loads((backbone / "lora_config.json").read_text())["r"] == 4
+    adapters = load_file(str(backbone / "lora_adapters.safetensors"))
+    # The tiny backbone has 3 layers, each with one q_proj (lora_A and lora_B).
+    assert len(adapters) == 3 * 2
+    assert all("q_proj" in name for name in adapters)
+    assert all(4 in tensor.shape for tensor in adapters.values())
+
+    # The LoRA settings are part of the run's fingerprint, so other values need another folder.
+    rerun = CliRunner().invoke(main, [str(argument) for argument in [
+        "train", "lisa", "--max-samples", 2, "--train-steps", 1, "--lora-rank", 8, "--out", tmp_path]])
+    assert rerun.exit_code == 2, rerun.output
+    assert "other settings" in rerun.output
+
+
+def test_unmatched_lora_target_option(tmp_path):
+    result = CliRunner().invoke(main, [str(argument) for argument in [
+        "train", "lisa", "--max-samples", 2, "--train-steps", 1, "--lora-targets", "qkv_proj", "--out", tmp_path]])
+    assert result.exit_code == 2, result.output
+    assert "['qkv_proj'] match no layer" in result.output
+    assert "--lora-targets" in result.output
+    assert not (tmp_path / "checkpoint").exists()
 
 
 def test_lora_and_parts_trainable(folders, workspace):
@@ -205,6 +266,24 @@ def test_run_finetunes_registry_method(folders, data_root, monkeypatch, tmp_path
     assert len(adapters) == 2 * 2 * 2
     record = json.loads((tmp_path / "out" / "checkpoint" / "method.json").read_text())
     assert record["step"] == 2
+    assert record["method"]["finetune"]["lora"]["r"] == 4
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["pooled"]["n"] == 2
+
+
+@pytest.mark.data
+def test_run_with_lora_rank_on_kvasir(data_root, monkeypatch, tmp_path):
+    """The tiny LISA method, without a finetune section, trains LoRA adapters from --lora-rank."""
+    monkeypatch.setenv("MDSKIT_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(main, [str(argument) for argument in [
+        "run", "lisa", "--data", f"kvasir={data_root}", "--max-samples", 2, "--train-steps", 2,
+        "--precision", "float32", "--lora-rank", 4, "--out", tmp_path / "out"]])
+    assert result.exit_code == 0, result.output
+    adapters = load_file(str(tmp_path / "out" / "checkpoint" / "backbone" / "lora_adapters.safetensors"))
+    # 3 layers x (q_proj, v_proj) x (lora_A, lora_B), with rank 4.
+    assert len(adapters) == 3 * 2 * 2
+    assert all(4 in tensor.shape for tensor in adapters.values())
+    record = json.loads((tmp_path / "out" / "checkpoint" / "method.json").read_text())
     assert record["method"]["finetune"]["lora"]["r"] == 4
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["pooled"]["n"] == 2
