@@ -21,13 +21,14 @@ import torch
 from . import SEG_TOKEN
 from .backbone import GeneratedAnswers
 from .cot import parse_diagnosis
+from .errors import PluginError
 from .metrics import SampleResult
 from .model import EncodedImages, MdsModel, as_numpy_mask
 from .questions import format_choices, question_templates
 from .sample import MdsSample
 from .specialist import SpecialistModel, specialist_candidates
-from .tts import (Candidate, GroundTruth, Selection, TestTimeScaling, candidate_masks, decoded_candidates,
-                  mean_agreement)
+from .tts import (Candidate, GroundTruth, Selection, TestTimeScaling, candidate_masks, checked_masks_needed,
+                  decoded_candidates, mean_agreement)
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,8 @@ def sample_candidates(model: MdsModel, sample: MdsSample, plan: SamplingPlan, se
     ran before.
 
     Raises:
-        ValueError: ``masks_needed`` returned a path index that no candidate has.
+        PluginError: ``masks_needed`` returned something other than path
+            indices of the candidates (see :func:`~mdskit.tts.checked_masks_needed`).
     """
     model.eval()
     base_seed = _sample_seed(seed, sample.uid)
@@ -148,7 +150,7 @@ def sample_candidates(model: MdsModel, sample: MdsSample, plan: SamplingPlan, se
         row_questions.extend([question] * plan.num_paths)
 
     candidates = _text_candidates(sample, plan, texts, logprobs)
-    wanted = _wanted(candidates, None if masks_needed is None else masks_needed(candidates))
+    wanted = _wanted(candidates, masks_needed)
     similarity = _decode_masks(model, encoded, wanted, row_questions, plan.num_perturbations, base_seed)
     return candidates, similarity
 
@@ -172,15 +174,17 @@ def _text_candidates(sample: MdsSample, plan: SamplingPlan, texts: list[str],
     return candidates
 
 
-def _wanted(candidates: list[Candidate], needed: Sequence[int] | None) -> list[Candidate]:
+def _wanted(candidates: list[Candidate], masks_needed: MasksNeeded | None) -> list[Candidate]:
+    """Return the candidates whose masks ``masks_needed`` lists, all when it or its result is None."""
+    if masks_needed is None:
+        return candidates
+    owner = getattr(masks_needed, "__self__", None)
+    strategy = getattr(owner, "name", None) or getattr(masks_needed, "__qualname__", "masks_needed")
+    needed = checked_masks_needed(masks_needed(candidates), candidates, strategy)
     if needed is None:
         return candidates
     by_index = {candidate.path_index: candidate for candidate in candidates}
-    unknown = sorted(set(needed) - set(by_index))
-    if unknown:
-        raise ValueError(f"masks_needed returned path indices {unknown}, but the candidates' path indices are 0 to "
-                         f"{len(candidates) - 1}; return indices of the candidates given.")
-    return [by_index[index] for index in sorted(set(needed))]
+    return [by_index[index] for index in needed]
 
 
 def _decode_masks(model: MdsModel, encoded: EncodedImages, wanted: list[Candidate], row_questions: list[str],
@@ -225,6 +229,9 @@ def predict(model: MdsModel | SpecialistModel, sample: MdsSample, strategy: Test
     Raises:
         GroundTruthMissingError (an ``MdskitError``): the strategy selects
             with the ground truth (the oracle) and the sample has none.
+        PluginError: The strategy's ``masks_needed`` returned invalid path
+            indices, or its ``select`` failed while some masks were not
+            decoded, which means it read a mask that ``masks_needed`` did not list.
     """
     plan = SamplingPlan.of(strategy)
     if isinstance(model, SpecialistModel):
@@ -233,9 +240,28 @@ def predict(model: MdsModel | SpecialistModel, sample: MdsSample, strategy: Test
     else:
         candidates, similarity = sample_candidates(model, sample, plan, seed,
                                                    masks_needed=getattr(strategy, "masks_needed", None))
-    selection = select(strategy, candidates, sample)
+    selection = _select_from_decoded(strategy, candidates, sample)
     return Prediction(sample, selection, candidates, similarity, strategy=getattr(strategy, "name", ""),
                       upper_bound=strategy.uses_ground_truth)
+
+
+def _select_from_decoded(strategy: TestTimeScaling, candidates: list[Candidate], sample: MdsSample) -> Selection:
+    """Run :func:`select` and raise PluginError naming ``masks_needed`` when it fails with some masks not decoded.
+
+    Reading an undecoded mask raises TypeError or AttributeError on its
+    None ``mask_logits``, or ValueError from :func:`~mdskit.tts.require_decoded`.
+    """
+    try:
+        return select(strategy, candidates, sample)
+    except (TypeError, AttributeError, ValueError) as error:
+        undecoded = [candidate.path_index for candidate in candidates if not candidate.decoded]
+        if not undecoded:
+            raise
+        name = getattr(strategy, "name", type(strategy).__name__)
+        raise PluginError(
+            f"strategy '{name}': select failed ({type(error).__name__}: {error}) while the masks of path indices "
+            f"{undecoded} were not decoded, because masks_needed did not list them. If select reads them, list "
+            "them in masks_needed, or return None there to decode every mask.") from error
 
 
 def select(strategy: TestTimeScaling, candidates: list[Candidate], sample: MdsSample) -> Selection:

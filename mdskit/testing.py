@@ -42,13 +42,13 @@ from .backbone import BackboneOutput, GeneratedAnswers, VisionLanguageBackbone
 from .cot import CotGenerator, attach_text, parse_diagnosis
 from .datasets import SPLITS, DatasetAdapter
 from .decoder import DecoderOutput, MaskDecoder
-from .errors import MdskitError
+from .errors import MdskitError, PluginError
 from .geometry import Frame
 from .metrics import Metric, SampleResult
 from .prompt import DecoderPrompts, PromptModule
 from .sample import MdsSample
 from .specialist import SpecialistModel, train_labels
-from .tts import Candidate, GroundTruth, Selection, TestTimeScaling
+from .tts import Candidate, GroundTruth, Selection, TestTimeScaling, checked_masks_needed, decoded_candidates
 
 __all__ = [
     "BackboneContract", "ContractViolation", "CotGeneratorContract", "DatasetAdapterContract",
@@ -634,7 +634,9 @@ class TtsStrategyContract(Contract):
 
     def select(self, component: TestTimeScaling, candidates: list[Candidate]) -> Selection:
         if component.uses_ground_truth:
-            selection = component.select(candidates, ground_truth=self.ground_truth(candidates[0].mask_logits.device))
+            decoded = decoded_candidates(candidates)
+            device = decoded[0].mask_logits.device if decoded else "cpu"
+            selection = component.select(candidates, ground_truth=self.ground_truth(device))
         else:
             selection = component.select(candidates)
         require(isinstance(selection, Selection),
@@ -691,17 +693,19 @@ class TtsStrategyContract(Contract):
         component = self.component()
         candidates = self.candidates(component.num_paths)
         without_masks = [dataclasses.replace(candidate, mask_logits=None, iou_score=None) for candidate in candidates]
-        needed = component.masks_needed(without_masks)
+        try:
+            name = getattr(component, "name", type(component).__name__)
+            needed = checked_masks_needed(component.masks_needed(without_masks), candidates, name)
+        except PluginError as error:
+            raise ContractViolation(str(error)) from error
         if needed is None:
             return
-        indices = {candidate.path_index for candidate in candidates}
-        require(set(needed) <= indices,
-                f"masks_needed returned {needed}; expected path indices among {sorted(indices)}.")
-        lazy = [candidate if candidate.path_index in needed else dataclasses.replace(candidate, mask_logits=None)
+        lazy = [candidate if candidate.path_index in needed
+                else dataclasses.replace(candidate, mask_logits=None, iou_score=None)
                 for candidate in candidates]
         try:
             partial = self.select(component, lazy)
-        except ValueError as error:
+        except (TypeError, AttributeError, ValueError) as error:
             raise ContractViolation(f"select read a mask that masks_needed did not list ({error}); list every "
                                     "candidate whose mask select reads.") from error
         full = self.select(component, candidates)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, PluginError
 
 
 @dataclass
@@ -222,6 +222,47 @@ class TestTimeScaling:
         keyword argument (a :class:`GroundTruth`) as well.
         """
         raise NotImplementedError
+
+
+def checked_masks_needed(needed: object, candidates: Sequence[Candidate], strategy: str) -> list[int] | None:
+    """Check what a strategy's :meth:`TestTimeScaling.masks_needed` returned.
+
+    Returns:
+        The listed path indices, sorted and without repeats, or None (every
+        mask) when ``needed`` is None. Any iterable of integers passes, for
+        example a list, tuple or set.
+
+    Raises:
+        PluginError: ``needed`` is not an iterable of integers (a bool
+            counts as invalid, because a list of flags is a likely mistake),
+            or it lists a path index that no candidate has.
+    """
+    if needed is None:
+        return None
+    if isinstance(needed, (str, bytes, Mapping)) or not isinstance(needed, Iterable):
+        raise PluginError(f"strategy '{strategy}': masks_needed returned {needed!r}; return a list of the path "
+                          "indices of the candidates whose masks select reads, or None for every mask.")
+    listed = list(needed)
+    invalid = [index for index in listed if isinstance(index, bool) or not isinstance(index, numbers.Integral)]
+    if invalid:
+        raise PluginError(f"strategy '{strategy}': masks_needed returned {listed!r}, but {invalid[0]!r} is not an "
+                          "integer path index; return the path_index values of the candidates whose masks "
+                          "select reads.")
+    known = {candidate.path_index for candidate in candidates}
+    unknown = sorted({int(index) for index in listed} - known)
+    if unknown:
+        raise PluginError(f"strategy '{strategy}': masks_needed returned path indices {unknown}, but the "
+                          f"candidates' path indices are {_index_range(known)}; return indices of the "
+                          "candidates given.")
+    return sorted({int(index) for index in listed})
+
+
+def _index_range(indices: set[int]) -> str:
+    if not indices:
+        return "none"
+    if indices == set(range(min(indices), max(indices) + 1)):
+        return f"{min(indices)} to {max(indices)}"
+    return str(sorted(indices))
 
 
 def candidate_masks(ordered: Sequence[Candidate]) -> torch.Tensor:

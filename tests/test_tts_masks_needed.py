@@ -14,11 +14,11 @@ from mdskit_tts import BestOfN, Oracle, SelfConsistency
 
 from mdskit import SEG_TOKEN
 from mdskit.backbone import GeneratedAnswers
-from mdskit.errors import ConfigError
+from mdskit.errors import ConfigError, PluginError
 from mdskit.evaluation import SamplingPlan, candidate_records, predict, sample_candidates
 from mdskit.model import MdsModel
-from mdskit.testing import synthetic_samples
-from mdskit.tts import Candidate, TestTimeScaling
+from mdskit.testing import ContractViolation, TtsStrategyContract, synthetic_samples
+from mdskit.tts import Candidate, Selection, TestTimeScaling, checked_masks_needed
 
 # --- which masks each strategy asks for ------------------------------------------------------------
 
@@ -230,7 +230,7 @@ def test_pipeline_decodes_only_the_listed_masks(model, sample):
 
 
 def test_pipeline_rejects_unknown_path_index(model, sample):
-    with pytest.raises(ValueError, match=r"path indices \[7\].*0 to 4"):
+    with pytest.raises(PluginError, match=r"path indices \[7\].*0 to 4"):
         sample_candidates(model, sample, PLAN, masks_needed=lambda candidates: [7])
 
 
@@ -265,5 +265,127 @@ class ListsUnknownIndex(TestTimeScaling):
 
 
 def test_strategy_listing_a_missing_candidate_fails_before_selection(model, sample):
-    with pytest.raises(ValueError, match="masks_needed returned path indices"):
+    with pytest.raises(PluginError, match="strategy 'lists-unknown-index': masks_needed returned path indices"):
         predict(model, sample, ListsUnknownIndex(num_paths=1))
+
+
+# --- what masks_needed may return -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("returned, expected", [
+    (None, None), ([2, 0], [0, 2]), ((1,), [1]), ({2, 1}, [1, 2]), ([0, 0], [0]), ([], []),
+    (iter([1, 2]), [1, 2]),
+], ids=["none", "list", "tuple", "set", "repeat", "empty", "generator"])
+def test_masks_needed_accepted_forms(returned, expected):
+    candidates = voters(["benign"] * 3, [-0.1, -0.2, -0.3])
+
+    assert checked_masks_needed(returned, candidates, "custom") == expected
+
+
+@pytest.mark.parametrize("returned, message", [
+    (0, r"0; return a list"),
+    ("0", r"'0'; return a list"),
+    ({0: 1}, r"\{0: 1\}; return a list"),
+    ([0.0], r"\[0\.0\], but 0\.0 is not an integer path index"),
+    ([True, False], r"\[True, False\], but True is not an integer path index"),
+    ([[0]], r"\[\[0\]\], but \[0\] is not an integer path index"),
+    ([3], r"path indices \[3\], but the candidates' path indices are 0 to 2"),
+    ([-1, 1], r"path indices \[-1\], but"),
+], ids=["int", "str", "dict", "float", "flags", "nested", "out-of-range", "negative"])
+def test_masks_needed_invalid_forms(returned, message):
+    candidates = voters(["benign"] * 3, [-0.1, -0.2, -0.3])
+
+    with pytest.raises(PluginError, match="strategy 'custom': masks_needed returned " + message):
+        checked_masks_needed(returned, candidates, "custom")
+
+
+class ListsAGenerator(TestTimeScaling):
+    name = "lists-a-generator"
+
+    def masks_needed(self, candidates):
+        return (candidate.path_index for candidate in candidates if candidate.path_index in (0, 3))
+
+    def select(self, candidates):
+        chosen = min(candidates, key=lambda candidate: candidate.path_index)
+        return Selection(chosen.text, chosen.diagnosis, chosen.mask_logits > 0, [chosen.path_index])
+
+
+def test_pipeline_reads_a_generator_once(model, sample):
+    lazy, _ = sample_candidates(model, sample, PLAN, masks_needed=ListsAGenerator(num_paths=5).masks_needed)
+
+    assert [candidate.decoded for candidate in lazy] == [True, False, False, True, False]
+
+
+class ReadsAnUnlistedMask(TestTimeScaling):
+    """Lists path 1 but selects path 0, as a plugin with a wrong masks_needed would."""
+
+    name = "reads-an-unlisted-mask"
+
+    def masks_needed(self, candidates):
+        return [1]
+
+    def select(self, candidates):
+        first = min(candidates, key=lambda candidate: candidate.path_index)
+        return Selection(first.text, first.diagnosis, first.mask_logits > 0, [first.path_index])
+
+
+def test_select_of_an_unlisted_mask_names_the_fix(model, sample):
+    with pytest.raises(PluginError, match=r"strategy 'reads-an-unlisted-mask': select failed \(TypeError.*"
+                                          r"path indices \[0, 2, 3, 4\] were not decoded.*list them in "
+                                          r"masks_needed"):
+        predict(model, sample, ReadsAnUnlistedMask(num_paths=5))
+
+
+# --- the contract check of masks_needed -------------------------------------------------------------
+
+
+class LastPathByTruth(TestTimeScaling):
+    """Reads the ground truth and only the mask of the highest path index."""
+
+    name = "last-path-by-truth"
+    uses_ground_truth = True
+
+    def masks_needed(self, candidates):
+        return [max(candidate.path_index for candidate in candidates)]
+
+    def select(self, candidates, ground_truth=None):
+        last = max(candidates, key=lambda candidate: candidate.path_index)
+        mask = (last.mask_logits > 0) & ground_truth.mask.to(last.mask_logits.device)
+        return Selection(last.text, last.diagnosis, mask, [last.path_index])
+
+
+class LastPathContract(TtsStrategyContract):
+    def make_component(self):
+        return LastPathByTruth(num_paths=3)
+
+
+def test_contract_gives_ground_truth_without_first_mask():
+    # Candidate 0's mask is not decoded here, so the ground truth's device must come from a decoded one.
+    LastPathContract().test_needed_masks_suffice()
+
+
+class ListsFlags(ReadsAnUnlistedMask):
+    name = "lists-flags"
+
+    def masks_needed(self, candidates):
+        return [candidate.path_index == 0 for candidate in candidates]
+
+
+class ListsFlagsContract(TtsStrategyContract):
+    def make_component(self):
+        return ListsFlags(num_paths=3)
+
+
+class UnlistedContract(TtsStrategyContract):
+    def make_component(self):
+        return ReadsAnUnlistedMask(num_paths=3)
+
+
+def test_contract_rejects_masks_needed_flags():
+    with pytest.raises(ContractViolation, match="True is not an integer path index"):
+        ListsFlagsContract().test_needed_masks_suffice()
+
+
+def test_contract_names_an_unlisted_mask_read():
+    with pytest.raises(ContractViolation, match="select read a mask that masks_needed did not list"):
+        UnlistedContract().test_needed_masks_suffice()
