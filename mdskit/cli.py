@@ -109,7 +109,8 @@ def _parallel_options(function):
         click.option("--strategy", type=click.Choice(["ddp", "fsdp", "deepspeed"]), default="ddp",
                      show_default=True,
                      help="Multi-process strategy: ddp (CPU or GPU), fsdp (CPU or GPU, sharded weights and "
-                          "optimizer state) or deepspeed (GPU only, sharded optimizer state)."),
+                          "optimizer state) or deepspeed (CPU or GPU, ZeRO stage 2: sharded gradients and "
+                          "optimizer state)."),
         click.option("--accumulate", "accumulation", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Micro-batches per optimizer step on each process (gradient accumulation); the "
                           "method's batch size must be a multiple of processes x this."),

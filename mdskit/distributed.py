@@ -13,8 +13,9 @@ Strategies run through mmengine's ``FlexibleRunner``:
 - ``fsdp``: ``FullyShardedDataParallel`` with the original parameters kept,
   so frozen and trainable weights may share a module, on GPUs or on the
   CPU (gloo);
-- ``deepspeed``: DeepSpeed ZeRO stage 1 or 2 (GPUs only, and the
-  ``deepspeed`` package must be installed).
+- ``deepspeed``: DeepSpeed ZeRO stage 1 or 2, on GPUs or on CPU processes
+  through DeepSpeed's CPU accelerator (gloo when oneCCL is absent); needs
+  the ``deepspeed`` package pinned in ``requirements/deepspeed.txt``.
 """
 
 from __future__ import annotations
@@ -186,20 +187,41 @@ def check_strategy(settings: ParallelSettings, processes: int, device: torch.dev
     """Reject a strategy that cannot run here, before any compute.
 
     Raises:
-        ConfigError: DeepSpeed without CUDA or without its package, or
-            float16 on the CPU.
+        ConfigError: float16 on the CPU, or DeepSpeed that is missing, is a
+            version that mmengine cannot load, or has an accelerator that
+            does not match ``device``.
     """
     if settings.precision == "float16" and device.type != "cuda":
         raise ConfigError("float16 training needs CUDA (its loss scaling and kernels are GPU-only); use "
                           "--precision bfloat16 or float32 on the CPU.")
     if processes == 1 or settings.strategy != "deepspeed":
         return
-    if device.type != "cuda":
-        raise ConfigError("strategy 'deepspeed' needs CUDA GPUs (one per process); use --strategy ddp or fsdp "
-                          "to train on CPUs.")
+    check_deepspeed(device)
+
+
+def check_deepspeed(device: torch.device) -> None:
+    """Check that the installed DeepSpeed can run mmengine's ``DeepSpeedStrategy`` on ``device``.
+
+    Importing ``deepspeed`` takes a few seconds, so only a DeepSpeed run pays for it.
+    """
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("strategy 'deepspeed' needs the deepspeed package; install it with "
-                          "'pip install deepspeed' or use --strategy ddp or fsdp.")
+                          "'pip install deepspeed==0.19.6' (the version in requirements/deepspeed.txt) or use "
+                          "--strategy ddp or fsdp.")
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    # mmengine 0.10.7's DeepSpeedStrategy imports the 1-bit optimizers from
+    # deepspeed.runtime.fp16.onebit, which DeepSpeed 0.19.7 removed.
+    if importlib.util.find_spec("deepspeed.runtime.fp16.onebit") is None:
+        raise ConfigError(f"deepspeed {deepspeed.__version__} lacks deepspeed.runtime.fp16.onebit, which "
+                          "mmengine's DeepSpeedStrategy imports; install 'deepspeed==0.19.6' "
+                          "(requirements/deepspeed.txt).")
+    accelerator = get_accelerator().device_name()
+    expected = "cuda" if device.type == "cuda" else "cpu"
+    if accelerator != expected:
+        raise ConfigError(f"DeepSpeed's accelerator is '{accelerator}' but training runs on '{device.type}'; "
+                          f"set DS_ACCELERATOR={expected}, or use --strategy ddp or fsdp.")
 
 
 def strategy_config(settings: ParallelSettings, processes: int, device: torch.device, micro_batch: int,

@@ -423,7 +423,7 @@ class Trainer:
 
     @property
     def shards_weights(self) -> bool:
-        """Whether the strategy leaves the unwrapped model's weights sharded after training (FSDP, DeepSpeed)."""
+        """Whether the strategy shards the optimizer state (FSDP, DeepSpeed ZeRO). FSDP also shards the weights."""
         return self.processes > 1 and self.parallel.strategy != "ddp"
 
     def restore_optimizer(self, runner, start_step: int) -> None:

@@ -8,6 +8,7 @@ the two runs would drift apart by more than floating-point noise.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -31,6 +32,10 @@ from mdskit.errors import ConfigError
 from mdskit.training import MicroBatches, batch_indices
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+requires_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="deepspeed is not installed; pip install -r requirements/deepspeed.txt")
 
 REGISTRY = """
     schema: 1
@@ -141,9 +146,66 @@ def test_fsdp_config_on_gpu_keeps_device():
     assert "ignored_modules" not in config["model_wrapper"]
 
 
-def test_deepspeed_on_cpu_needs_cuda():
-    with pytest.raises(ConfigError, match="strategy 'deepspeed' needs CUDA"):
+def test_deepspeed_missing_names_pip_install(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "deepspeed" else real_find_spec(name, *args))
+    with pytest.raises(ConfigError, match="needs the deepspeed package; install it with 'pip install deepspeed=="):
         distributed.check_strategy(ParallelSettings(strategy="deepspeed"), 2, torch.device("cpu"))
+
+
+def test_deepspeed_one_process_needs_no_package(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    distributed.check_strategy(ParallelSettings(strategy="deepspeed"), 1, torch.device("cpu"))
+
+
+@requires_deepspeed
+@pytest.mark.skipif(torch.cuda.is_available(), reason="DeepSpeed picks its CUDA accelerator on a GPU machine")
+def test_deepspeed_cpu_accelerator_is_accepted():
+    distributed.check_strategy(ParallelSettings(strategy="deepspeed"), 2, torch.device("cpu"))
+
+
+class _FakeAccelerator:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def device_name(self) -> str:
+        return self.name
+
+
+@requires_deepspeed
+def test_deepspeed_accelerator_mismatch_is_rejected(monkeypatch):
+    import deepspeed.accelerator
+
+    monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: _FakeAccelerator("cuda"))
+    with pytest.raises(ConfigError, match="accelerator is 'cuda' but training runs on 'cpu'; set DS_ACCELERATOR=cpu"):
+        distributed.check_strategy(ParallelSettings(strategy="deepspeed"), 2, torch.device("cpu"))
+    monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: _FakeAccelerator("cpu"))
+    with pytest.raises(ConfigError, match="accelerator is 'cpu' but training runs on 'cuda'; set DS_ACCELERATOR=cuda"):
+        distributed.check_strategy(ParallelSettings(strategy="deepspeed"), 2, torch.device("cuda", 0))
+
+
+@requires_deepspeed
+def test_deepspeed_without_onebit_is_rejected(monkeypatch):
+    """A DeepSpeed without the 1-bit optimizers (0.19.7 and later) fails with the version to install."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None
+                        if name == "deepspeed.runtime.fp16.onebit" else real_find_spec(name, *args))
+    with pytest.raises(ConfigError, match="lacks deepspeed.runtime.fp16.onebit.*install 'deepspeed==0.19.6'"):
+        distributed.check_strategy(ParallelSettings(strategy="deepspeed"), 2, torch.device("cpu"))
+
+
+def test_deepspeed_config_splits_batch():
+    settings = ParallelSettings(strategy="deepspeed", accumulation=2)
+    config = distributed.strategy_config(settings, 2, torch.device("cpu"), 3, 1.0)
+    assert config["type"] == "DeepSpeedStrategy"
+    assert config["config"]["train_micro_batch_size_per_gpu"] == 3
+    assert config["config"]["gradient_accumulation_steps"] == 2
+    assert config["config"]["gradient_clipping"] == 1.0
+    assert config["config"]["zero_optimization"] == {"stage": 2}
+    wrapper = distributed.optim_wrapper_config(settings, 2, "float32", dict(type="AdamW"), 1.0)
+    assert wrapper["type"] == "DeepSpeedOptimWrapper"
+    assert "clip_grad" not in wrapper
 
 
 def test_float16_on_cpu_is_rejected(registry, tmp_path):
@@ -396,6 +458,72 @@ def test_fsdp_trains_lora_adapters(registry, tmp_path):
     # 1 layer x (q_proj, v_proj) x (lora_A, lora_B), each with rank 4.
     assert len(adapters) == 4
     assert all(4 in tensor.shape for tensor in adapters.values())
+
+
+@pytest.fixture(scope="module")
+def deepspeed_run(registry, tmp_path_factory):
+    """Two processes train the one_and_two_processes configuration with DeepSpeed ZeRO stage 2."""
+    folder = tmp_path_factory.mktemp("deepspeed")
+    result = torchrun(2, registry, "train", "tiny-sim4seg", "--max-samples", "5", "--precision", "float32",
+                      "--strategy", "deepspeed", "--out", folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+@requires_deepspeed
+@pytest.mark.slow
+def test_deepspeed_losses_match_ddp(one_and_two_processes, deepspeed_run):
+    # Measured on two CPU processes (DeepSpeed 0.19.6, CPU accelerator, gloo,
+    # one thread each): the largest relative difference of any term over the
+    # 4 steps was 3.7e-7.
+    _, two, _ = one_and_two_processes
+    expected, losses = step_losses(two), step_losses(deepspeed_run)
+    assert sorted(losses) == [1, 2, 3, 4]
+    for step in expected:
+        for term in ("loss", "ce", "bce", "dice"):
+            assert np.isfinite(losses[step][term]), (step, term)
+            assert losses[step][term] == pytest.approx(expected[step][term], rel=1e-5), (step, term)
+
+
+@requires_deepspeed
+@pytest.mark.slow
+def test_deepspeed_checkpoint_is_safetensors(one_and_two_processes, deepspeed_run):
+    """Rank 0 writes the whole weights as safetensors, and DeepSpeed writes no checkpoint of its own."""
+    _, two, _ = one_and_two_processes
+    record = json.loads((deepspeed_run / "checkpoint" / "method.json").read_text())
+    assert record["step"] == 4
+    assert record["processes"] == 2
+    # ZeRO shards the optimizer state over the processes, so it is not saved.
+    assert not (deepspeed_run / "checkpoint" / "optimizer.safetensors").exists()
+    assert [path.name for path in deepspeed_run.rglob("*") if path.suffix in (".pt", ".pth", ".bin")] == []
+    weights = load_file(deepspeed_run / "checkpoint" / "model.safetensors")
+    reference = load_file(two / "checkpoint" / "model.safetensors")
+    assert sorted(weights) == sorted(reference)
+    for name, tensor in reference.items():
+        assert weights[name].shape == tensor.shape, name
+        assert weights[name].dtype == tensor.dtype, name
+
+
+@requires_deepspeed
+@pytest.mark.slow
+def test_deepspeed_checkpoint_resumes_in_one(one_and_two_processes, registry, tmp_path):
+    """DeepSpeed trains 2 steps, then one process continues from its checkpoint to step 4."""
+    _, two, _ = one_and_two_processes
+    common = ["train", "tiny-sim4seg", "--max-samples", "5", "--precision", "float32", "--out", tmp_path]
+    started = torchrun(2, registry, *common, "--strategy", "deepspeed", "--train-steps", "2")
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert json.loads((tmp_path / "checkpoint" / "method.json").read_text())["step"] == 2
+
+    resumed = cli(registry, *common, "--train-steps", "4")
+    assert resumed.exit_code == 0, resumed.output
+    assert "Trained steps 2-4" in resumed.output
+    expected, losses = step_losses(two), step_losses(tmp_path)
+    assert sorted(losses) == [1, 2, 3, 4]
+    # Step 3 runs on the checkpoint's weights before any update.
+    assert losses[3]["loss"] == pytest.approx(expected[3]["loss"], rel=1e-5)
+    # AdamW restarts from zero moments at step 3, so step 4 differs a little.
+    assert np.isfinite(losses[4]["loss"])
+    assert losses[4]["loss"] == pytest.approx(expected[4]["loss"], rel=2e-2)
 
 
 @pytest.mark.slow
