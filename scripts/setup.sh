@@ -8,20 +8,25 @@
 #                       with its compiled ops from source (about 11 minutes
 #                       on 2 cores). MMCV_WHEEL=PATH installs that mmcv
 #                       wheel instead of building one.
+#   --with deepspeed    also install DeepSpeed (requirements/deepspeed.txt)
+#                       for --strategy deepspeed, without compiling its ops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --with) [ $# -ge 2 ] || { echo "setup.sh: --with needs a name: specialist" >&2; exit 2; }
+        --with) [ $# -ge 2 ] || { echo "setup.sh: --with needs a name: specialist or deepspeed" >&2; exit 2; }
                 extras+=("$2"); shift 2 ;;
         --with=*) extras+=("${1#--with=}"); shift ;;
-        *) echo "setup.sh: unknown option '$1'; valid: --with specialist" >&2; exit 2 ;;
+        *) echo "setup.sh: unknown option '$1'; valid: --with specialist, --with deepspeed" >&2; exit 2 ;;
     esac
 done
 for extra in "${extras[@]}"; do
-    [ "$extra" = specialist ] || { echo "setup.sh: unknown extra '$extra'; valid: specialist" >&2; exit 2; }
+    case "$extra" in
+        specialist|deepspeed) ;;
+        *) echo "setup.sh: unknown extra '$extra'; valid: specialist, deepspeed" >&2; exit 2 ;;
+    esac
 done
 
 python=${PYTHON:-python3}
@@ -80,7 +85,20 @@ install_specialist() {
     echo "Specialist set-up done." >&2
 }
 
+install_deepspeed() {
+    local stamp=.venv/.mdskit-deepspeed-installed wanted
+    wanted=$(cat requirements/deepspeed.txt | sha256sum | cut -d' ' -f1)
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] && .venv/bin/python -c "import deepspeed" 2>/dev/null; then
+        return 0
+    fi
+    echo "Installing DeepSpeed (its ops compile on first use, not now)..." >&2
+    DS_BUILD_OPS=0 .venv/bin/python -m pip install --quiet -r requirements/deepspeed.txt -c requirements/pinned.txt
+    .venv/bin/python -c "import deepspeed"
+    echo "$wanted" > "$stamp"
+    echo "DeepSpeed set-up done." >&2
+}
+
 install_core
 for extra in "${extras[@]}"; do
-    install_specialist
+    "install_$extra"
 done
