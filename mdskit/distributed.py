@@ -206,8 +206,8 @@ def check_deepspeed(device: torch.device) -> None:
     """
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("strategy 'deepspeed' needs the deepspeed package; install it with "
-                          "'pip install deepspeed==0.19.6' (the version in requirements/deepspeed.txt) or use "
-                          "--strategy ddp or fsdp.")
+                          "'bash scripts/setup.sh --with deepspeed' (deepspeed 0.19.6, from "
+                          "requirements/deepspeed.txt) or use --strategy ddp or fsdp.")
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 

@@ -150,7 +150,7 @@ def test_deepspeed_missing_names_pip_install(monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *args: None if name == "deepspeed" else real_find_spec(name, *args))
-    with pytest.raises(ConfigError, match="needs the deepspeed package; install it with 'pip install deepspeed=="):
+    with pytest.raises(ConfigError, match="needs the deepspeed package; install it with 'bash scripts/setup.sh --with deepspeed'"):
         distributed.check_strategy(ParallelSettings(strategy="deepspeed"), 2, torch.device("cpu"))
 
 
