@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -271,14 +272,21 @@ def test_one_process_matches_plain_loop(tmp_path, registry):
     from mdskit.runs import RunSettings, Workspace, train_only
 
     # The reference losses were recorded with one thread; more threads sum in another order.
+    with one_thread():
+        result = train_only(RunSettings(method="tiny-sim4seg", out=tmp_path, max_samples=6), Workspace.load(registry))
+    losses = [step["loss"] for step in result.history]
+    assert np.allclose(losses, PLAIN_LOOP_LOSSES, rtol=1e-5), losses
+
+
+@contextmanager
+def one_thread():
+    """Run the block with one torch thread, as each torchrun process of these tests does."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = train_only(RunSettings(method="tiny-sim4seg", out=tmp_path, max_samples=6), Workspace.load(registry))
+        yield
     finally:
         torch.set_num_threads(threads)
-    losses = [step["loss"] for step in result.history]
-    assert np.allclose(losses, PLAIN_LOOP_LOSSES, rtol=1e-5), losses
 
 
 @pytest.fixture(scope="module")
@@ -330,8 +338,10 @@ def test_accumulation_matches_two_processes(one_and_two_processes, registry, tmp
     exactly: losses, weights, predictions and metrics.
     """
     _, two, _ = one_and_two_processes
-    result = cli(registry, "run", "tiny-sim4seg", "--max-samples", "5", "--precision", "float32",
-                 "--accumulate", "2", "--out", tmp_path)
+    # Each torchrun process computes with one thread; more threads sum in another order.
+    with one_thread():
+        result = cli(registry, "run", "tiny-sim4seg", "--max-samples", "5", "--precision", "float32",
+                     "--accumulate", "2", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     assert step_losses(tmp_path) == step_losses(two)
     weights = load_file(tmp_path / "checkpoint" / "model.safetensors")
