@@ -269,7 +269,7 @@ def run_method(settings: RunSettings, workspace: Workspace | None = None,
     out = settings.out
     adapters = open_datasets(workspace.components, settings.data)
     with distributed.main_process_first():
-        _claim_folder(out, settings.fingerprint(spec, tts_params), settings, tts_params)
+        _claim_folder(out, settings.fingerprint(spec, tts_params), settings, tts_params, method=spec.as_dict())
 
     model, train_result = prepare_model(workspace, spec, settings, adapters, progress, parallel)
     test_samples = load_split(adapters, "test", spec, workspace.components, settings.max_samples, settings.seed)
@@ -312,7 +312,8 @@ def train_only(settings: RunSettings, workspace: Workspace | None = None,
     # with a larger --train-steps continues training.
     adapters = open_datasets(workspace.components, settings.data)
     with distributed.main_process_first():
-        _claim_folder(settings.out, replace(settings, train_steps=None).fingerprint(spec, {}), settings)
+        _claim_folder(settings.out, replace(settings, train_steps=None).fingerprint(spec, {}), settings,
+                      method=spec.as_dict(), resumable=("train_steps",))
     _, result = prepare_model(workspace, spec, settings, adapters, progress, parallel)
     return result
 
@@ -328,15 +329,26 @@ def _describe(adapter: DatasetAdapter) -> str:
     return adapter.description if adapter.embedded else str(adapter.root)
 
 
-def _claim_folder(out: Path, fingerprint: str, settings: RunSettings, tts_params: dict[str, Any] | None = None) -> None:
-    """Create ``out`` or check that it belongs to a run with the same settings."""
+def _claim_folder(out: Path, fingerprint: str, settings: RunSettings, tts_params: dict[str, Any] | None = None,
+                  method: dict[str, Any] | None = None, resumable: tuple[str, ...] = ()) -> None:
+    """Create ``out`` or check that it belongs to a run with the same settings.
+
+    Args:
+        method: The method's definition, stored so that a rerun with another
+            definition (for example other --lora values) is named as such.
+        resumable: Settings that a rerun may change, such as ``train_steps``
+            of a training that continues.
+    """
     record_path = out / "run.json"
     current = {key: str(value) for key, value in asdict(settings).items()}
+    method_digest = _digest(method) if method is not None else None
     if record_path.is_file():
         stored = json.loads(record_path.read_text(encoding="utf-8"))
         if stored.get("fingerprint") != fingerprint:
             changed = sorted(key for key, value in stored.get("settings", {}).items()
-                             if value != current.get(key) and key != "out")
+                             if value != current.get(key) and key != "out" and key not in resumable)
+            if stored.get("method_digest") not in (None, method_digest):
+                changed.append("the method definition")
             stored_tts = stored.get("tts_params")
             if isinstance(stored_tts, dict) and tts_params is not None:
                 changed += sorted(f"strategy {key}" for key in set(stored_tts) | set(tts_params)
@@ -350,7 +362,11 @@ def _claim_folder(out: Path, fingerprint: str, settings: RunSettings, tts_params
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json(record_path, {"fingerprint": fingerprint, "method": settings.method, "ttss": settings.ttss,
-                             "settings": current, "tts_params": tts_params or {}})
+                             "settings": current, "tts_params": tts_params or {}, "method_digest": method_digest})
+
+
+def _digest(value: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _evaluate(model: MdsModel | SpecialistModel, samples: list[MdsSample], strategy, settings: RunSettings,

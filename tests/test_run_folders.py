@@ -30,3 +30,14 @@ def test_other_seed_is_named(tmp_path):
     second = RunSettings(method="sim4seg", out=tmp_path / "run", seed=3)
     with pytest.raises(MdskitError, match=r"other settings \(seed differs\)"):
         _claim_folder(second.out, "def", second, {})
+
+
+def test_other_method_definition_is_named(tmp_path):
+    settings = RunSettings(method="lisa", out=tmp_path / "run")
+    _claim_folder(settings.out, "abc", settings, method={"finetune": {"lora": {"rank": 4}}},
+                  resumable=("train_steps",))
+    longer = RunSettings(method="lisa", out=tmp_path / "run", train_steps=3)
+    with pytest.raises(MdskitError) as caught:
+        _claim_folder(longer.out, "def", longer, method={"finetune": {"lora": {"rank": 8}}},
+                      resumable=("train_steps",))
+    assert "with other settings (the method definition differs)" in str(caught.value)
