@@ -209,7 +209,8 @@ def check_parallel(spec: MethodSpec, parallel: ParallelSettings | None) -> None:
 
     Raises:
         ConfigError: the batch does not split evenly over processes and
-            accumulation steps, or the strategy or precision needs CUDA.
+            accumulation steps, float16 is asked for without CUDA, or
+            DeepSpeed is missing or cannot run on the training device.
     """
     parallel = parallel or ParallelSettings()
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
