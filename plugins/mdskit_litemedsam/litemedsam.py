@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mdskit.decoder import DecoderOutput, MaskDecoder
 from mdskit.errors import CheckpointError, ConfigError
@@ -233,33 +234,47 @@ class LiteMedSAM(MaskDecoder):
             Mask logits B x 1 x 256 x 256 covering the prompt frame, and
             the predicted IoU B x 1, in the dtype of ``image_embeddings``.
         """
-        batch = image_embeddings.shape[0]
-        device = image_embeddings.device
-        compute_dtype = self.mask_decoder.iou_token.weight.dtype
         _check_forward_inputs(image_embeddings, sparse_embeddings, prompts)
+        return run_sam_decoder(self.prompt_encoder, self.mask_decoder, image_embeddings, sparse_embeddings, prompts)
 
-        points = None
-        if prompts.points is not None:
-            coords, labels = prompts.points
-            points = (coords.to(device, torch.float32), labels.to(device))
-        boxes = prompts.boxes.to(device, torch.float32) if prompts.boxes is not None else None
-        masks = prompts.dense_masks.to(device, compute_dtype) if prompts.dense_masks is not None else None
-        prompt_sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        # Without any prompt the encoder returns a batch of one.
-        dense = dense.expand(batch, -1, -1, -1)
 
-        sparse = sparse_embeddings.to(device, compute_dtype)
-        if prompt_sparse.shape[1] > 0:
-            sparse = torch.cat([prompt_sparse.to(compute_dtype), sparse], dim=1)
+def run_sam_decoder(prompt_encoder: nn.Module, mask_decoder: nn.Module, image_embeddings: torch.Tensor,
+                    sparse_embeddings: torch.Tensor, prompts: DecoderPrompts) -> DecoderOutput:
+    """Run SAM's prompt encoder and mask decoder: one mask per sample.
 
-        mask_logits, iou_scores = self.mask_decoder(
-            image_embeddings=image_embeddings.to(compute_dtype),
-            image_pe=self.prompt_encoder.get_dense_pe().to(compute_dtype),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
-        return DecoderOutput(mask_logits.to(image_embeddings.dtype), iou_scores.to(image_embeddings.dtype))
+    ``sparse_embeddings`` (B x K x C) follow the prompt encoder's point and
+    box embeddings. A dense mask prompt is resized to the prompt encoder's
+    mask input size when it differs; without one, the learned no-mask
+    embedding is used. The decoder runs in its weights' dtype and returns
+    in the dtype of ``image_embeddings``.
+    """
+    batch = image_embeddings.shape[0]
+    device = image_embeddings.device
+    compute_dtype = mask_decoder.iou_token.weight.dtype
+    points = None
+    if prompts.points is not None:
+        coords, labels = prompts.points
+        points = (coords.to(device, torch.float32), labels.to(device))
+    boxes = prompts.boxes.to(device, torch.float32) if prompts.boxes is not None else None
+    masks = None
+    if prompts.dense_masks is not None:
+        masks = prompts.dense_masks.to(device, compute_dtype)
+        if tuple(masks.shape[-2:]) != tuple(prompt_encoder.mask_input_size):
+            masks = F.interpolate(masks, size=prompt_encoder.mask_input_size, mode="bilinear", align_corners=False)
+    prompt_sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=masks)
+    # Without any prompt the encoder returns a batch of one.
+    dense = dense.expand(batch, -1, -1, -1)
+    sparse = sparse_embeddings.to(device, compute_dtype)
+    if prompt_sparse.shape[1] > 0:
+        sparse = torch.cat([prompt_sparse.to(compute_dtype), sparse], dim=1)
+    mask_logits, iou_scores = mask_decoder(
+        image_embeddings=image_embeddings.to(compute_dtype),
+        image_pe=prompt_encoder.get_dense_pe().to(compute_dtype),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
+    return DecoderOutput(mask_logits.to(image_embeddings.dtype), iou_scores.to(image_embeddings.dtype))
 
 
 def preprocess_image(image: np.ndarray, frame: Frame) -> torch.Tensor:

@@ -31,7 +31,7 @@ from mdskit.layouts import LISA_SAM_PREFIX, check_keys, check_shapes, detect_lay
 from mdskit.prompt import DecoderPrompts
 
 from .cache import EmbeddingCache
-from .litemedsam import CACHE_DTYPES, DTYPES, _resolve_cache_dir
+from .litemedsam import CACHE_DTYPES, DTYPES, _resolve_cache_dir, run_sam_decoder
 from .weights import module_fingerprint
 
 with warnings.catch_warnings():
@@ -212,32 +212,7 @@ class SamDecoder(MaskDecoder):
     def forward(self, image_embeddings: torch.Tensor, sparse_embeddings: torch.Tensor,
                 prompts: DecoderPrompts) -> DecoderOutput:
         """Decode one mask per sample; the logits (4 x the embedding size) cover the input frame."""
-        batch = image_embeddings.shape[0]
-        device = image_embeddings.device
-        compute_dtype = self.mask_decoder.iou_token.weight.dtype
-        points = None
-        if prompts.points is not None:
-            coords, labels = prompts.points
-            points = (coords.to(device, torch.float32), labels.to(device))
-        boxes = prompts.boxes.to(device, torch.float32) if prompts.boxes is not None else None
-        masks = None
-        if prompts.dense_masks is not None:
-            # SAM's mask prompt is 4 x the embedding size; prompt modules give it at the frame's size.
-            masks = F.interpolate(prompts.dense_masks.to(device, compute_dtype),
-                                  size=self.prompt_encoder.mask_input_size, mode="bilinear", align_corners=False)
-        prompt_sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        dense = dense.expand(batch, -1, -1, -1)
-        sparse = sparse_embeddings.to(device, compute_dtype)
-        if prompt_sparse.shape[1] > 0:
-            sparse = torch.cat([prompt_sparse.to(compute_dtype), sparse], dim=1)
-        mask_logits, iou_scores = self.mask_decoder(
-            image_embeddings=image_embeddings.to(compute_dtype),
-            image_pe=self.prompt_encoder.get_dense_pe().to(compute_dtype),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
-        return DecoderOutput(mask_logits.to(image_embeddings.dtype), iou_scores.to(image_embeddings.dtype))
+        return run_sam_decoder(self.prompt_encoder, self.mask_decoder, image_embeddings, sparse_embeddings, prompts)
 
 
 def read_sam_state(path: Path) -> dict[str, torch.Tensor]:
