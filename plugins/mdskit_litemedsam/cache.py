@@ -6,7 +6,9 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -61,6 +63,36 @@ class EmbeddingCache:
         """Store a CPU tensor in memory and on disk."""
         self._remember(key, tensor)
         self._write(key, tensor)
+
+    def embed(self, keys: Sequence[str], images: Sequence[Any], encode: Callable[[list[Any]], torch.Tensor],
+              batch_size: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Return the embeddings of ``images``, encoding and storing only those missing from the cache.
+
+        Args:
+            keys: One cache key per image; repeated keys are encoded once.
+            images: The images, in the order of ``keys``.
+            encode: Encodes a list of images into a batch of embeddings.
+            batch_size: Maximum number of images per ``encode`` call.
+            shape: Shape of one embedding.
+            dtype: Dtype the embeddings are stored in; fresh ones are
+                rounded to it, so a later cache hit returns the same values.
+            device: Device of the returned tensor.
+
+        Returns:
+            B x ``shape`` float32 embeddings on ``device``.
+        """
+        by_key = dict(zip(keys, images, strict=True))
+        found = {key: cached for key in by_key if (cached := self.get(key, shape, dtype)) is not None}
+        pending = [key for key in by_key if key not in found]
+        for start in range(0, len(pending), batch_size):
+            batch_keys = pending[start:start + batch_size]
+            embeddings = encode([by_key[key] for key in batch_keys])
+            for key, embedding in zip(batch_keys, embeddings.to("cpu", dtype), strict=True):
+                found[key] = embedding.clone()
+                self.put(key, found[key])
+        if not keys:
+            return torch.zeros(0, *shape, device=device)
+        return torch.stack([found[key] for key in keys]).to(device=device, dtype=torch.float32)
 
     def clear_memory(self) -> None:
         """Drop the in-memory entries. The disk cache is kept."""

@@ -172,32 +172,9 @@ class LiteMedSAM(MaskDecoder):
             ``encoder_batch_size`` and then cached.
         """
         device = self.mask_decoder.iou_token.weight.device
-        shape = (EMBEDDING_CHANNELS, EMBEDDING_SIZE, EMBEDDING_SIZE)
-        storage_dtype = DTYPES[self.cache_dtype]
         keys = [self.cache_key(image) for image in images]
-
-        found: dict[str, torch.Tensor] = {}
-        pending: dict[str, np.ndarray] = {}
-        for key, image in zip(keys, images):
-            if key in found or key in pending:
-                continue
-            cached = self.cache.get(key, shape, storage_dtype)
-            if cached is None:
-                pending[key] = image
-            else:
-                found[key] = cached
-
-        pending_keys = list(pending)
-        for start in range(0, len(pending_keys), self.encoder_batch_size):
-            batch_keys = pending_keys[start:start + self.encoder_batch_size]
-            embeddings = self._run_encoder([pending[key] for key in batch_keys], device)
-            for key, embedding in zip(batch_keys, embeddings.to("cpu", storage_dtype)):
-                found[key] = embedding.clone()
-                self.cache.put(key, found[key])
-
-        if not keys:
-            return torch.zeros(0, *shape, device=device)
-        return torch.stack([found[key] for key in keys]).to(device=device, dtype=torch.float32)
+        return self.cache.embed(keys, images, lambda batch: self._run_encoder(batch, device), self.encoder_batch_size,
+                                (EMBEDDING_CHANNELS, EMBEDDING_SIZE, EMBEDDING_SIZE), DTYPES[self.cache_dtype], device)
 
     def _run_encoder(self, images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
         started = time.perf_counter()

@@ -160,25 +160,10 @@ class SamDecoder(MaskDecoder):
     def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Compute or fetch from the cache B x 256 x h x w float32 image embeddings."""
         device = self.mask_decoder.iou_token.weight.device
-        shape = (PROMPT_EMBED_DIM, self.embedding_size, self.embedding_size)
-        storage = DTYPES[self.cache_dtype]
         keys = [self.cache_key(image) for image in images]
-        by_key = dict(zip(keys, images))
-        found: dict[str, torch.Tensor] = {}
-        for key in by_key:
-            cached = self.cache.get(key, shape, storage)
-            if cached is not None:
-                found[key] = cached
-        pending = [key for key in by_key if key not in found]
-        for start in range(0, len(pending), self.encoder_batch_size):
-            batch_keys = pending[start:start + self.encoder_batch_size]
-            embeddings = self._run_encoder([by_key[key] for key in batch_keys], device)
-            for key, embedding in zip(batch_keys, embeddings.to("cpu", storage)):
-                found[key] = embedding.clone()
-                self.cache.put(key, found[key])
-        if not keys:
-            return torch.zeros(0, *shape, device=device)
-        return torch.stack([found[key] for key in keys]).to(device=device, dtype=torch.float32)
+        return self.cache.embed(keys, images, lambda batch: self._run_encoder(batch, device), self.encoder_batch_size,
+                                (PROMPT_EMBED_DIM, self.embedding_size, self.embedding_size), DTYPES[self.cache_dtype],
+                                device)
 
     def _run_encoder(self, images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
         dtype = self.image_encoder.patch_embed.projection.weight.dtype
