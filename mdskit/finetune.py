@@ -85,12 +85,8 @@ def parse_finetune(raw: Any, where: str) -> FinetuneConfig | None:
     """Validate a ``finetune`` section of ``registry.yaml`` (None: train every weight)."""
     if raw is None:
         return None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: finetune must be a mapping with lora, trainable and gradient_checkpointing.")
-    known = {item.name for item in fields(FinetuneConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown finetune keys {unknown}; valid keys: {sorted(known)}.")
+    _check_keys(raw, FinetuneConfig, where, "finetune", "finetune must be a mapping with lora, trainable and "
+                "gradient_checkpointing")
     lora = _parse_lora(raw.get("lora", {}), where)
     trainable = raw.get("trainable", list(FinetuneConfig.trainable))
     if not isinstance(trainable, list) or any(part not in TRAINABLE_PARTS for part in trainable):
@@ -118,15 +114,21 @@ def override_lora(config: FinetuneConfig | None, overrides: dict[str, Any], wher
     return parse_finetune(raw, where)
 
 
+def _check_keys(raw: Any, settings_class: type, where: str, section: str, expected: str) -> None:
+    """Raise ConfigError unless ``raw`` is a mapping whose keys are fields of ``settings_class``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {expected}.")
+    known = {item.name for item in fields(settings_class)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown {section} keys {unknown}; valid keys: {sorted(known)}.")
+
+
 def _parse_lora(raw: Any, where: str) -> LoraSettings | None:
     if raw is None:
         return None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: finetune lora must be a mapping (r, alpha, dropout, target_modules) or null.")
-    known = {item.name for item in fields(LoraSettings)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown lora keys {unknown}; valid keys: {sorted(known)}.")
+    _check_keys(raw, LoraSettings, where, "lora", "finetune lora must be a mapping (r, alpha, dropout, "
+                "target_modules) or null")
     targets = raw.get("target_modules", LoraSettings.target_modules)
     if not isinstance(targets, (list, tuple)):
         raise ConfigError(f"{where}: lora target_modules must be a list of layer names, got {targets!r}; "
