@@ -41,10 +41,13 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 
 
 def save_checkpoint(folder: Path, model: MdsModel | SpecialistModel, spec: MethodSpec, step: int,
-                    optimizer: torch.optim.Optimizer | None = None, extra: dict[str, Any] | None = None) -> None:
+                    optimizer: torch.optim.Optimizer | dict[str, Any] | None = None,
+                    extra: dict[str, Any] | None = None) -> None:
     """Write a checkpoint folder atomically (a crash keeps the previous one).
 
-    A specialist's record also stores its label names under ``labels``.
+    ``optimizer`` is the optimizer or its whole state dict, keyed by
+    parameter index as ``Optimizer.state_dict()`` is. A specialist's record
+    also stores its label names under ``labels``.
     """
     folder = Path(folder)
     staging = folder.with_name(folder.name + ".partial")
@@ -164,20 +167,37 @@ def _load_partial(model: MdsModel | SpecialistModel, state: dict[str, torch.Tens
 
 def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer, record: dict[str, Any]) -> bool:
     """Restore AdamW state saved with the checkpoint; False when there is none."""
-    path = Path(folder) / OPTIMIZER_FILE
-    if not path.is_file() or "optimizer_param_groups" not in record:
+    state_dict = read_optimizer_state(folder, record)
+    if state_dict is None:
         return False
-    tensors = load_file(str(path))
+    optimizer.load_state_dict(state_dict)
+    return True
+
+
+def has_optimizer_state(folder: Path, record: dict[str, Any]) -> bool:
+    """Return whether the checkpoint stores optimizer state."""
+    return (Path(folder) / OPTIMIZER_FILE).is_file() and "optimizer_param_groups" in record
+
+
+def read_optimizer_state(folder: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """Read the saved optimizer state dict, keyed by parameter index, or return None when there is none."""
+    if not has_optimizer_state(folder, record):
+        return None
+    path = Path(folder) / OPTIMIZER_FILE
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is corrupt ({error}); retrain or restore the checkpoint.") from error
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         _, index, name = key.split(".", 2)
         state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": record["optimizer_param_groups"]})
-    return True
+    return {"state": state, "param_groups": record["optimizer_param_groups"]}
 
 
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    state_dict = optimizer.state_dict()
+def _flatten_optimizer(optimizer: torch.optim.Optimizer | dict[str, Any]) -> tuple[dict[str, torch.Tensor],
+                                                                                     list[dict[str, Any]]]:
+    state_dict = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors = {}
     for index, entries in state_dict["state"].items():
         for name, value in entries.items():

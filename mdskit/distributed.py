@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -304,4 +304,93 @@ def full_parameters(model: torch.nn.Module) -> Iterator[None]:
         yield
         return
     with FullyShardedDataParallel.summon_full_params(model, writeback=False, rank0_only=True, offload_to_cpu=True):
+        yield
+
+
+def optimizer_parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Return the name of each optimizer parameter, in the order of ``optimizer.state_dict()``'s indices.
+
+    FSDP's wrapper prefix is removed, as in the names that FSDP's optimizer
+    state dicts use.
+    """
+    from torch.distributed.fsdp._common_utils import FSDP_PREFIX
+
+    names = {id(parameter): name.replace(FSDP_PREFIX, "") for name, parameter in model.named_parameters()}
+    ordered = []
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            if id(parameter) not in names:
+                raise ValueError(f"an optimizer parameter of shape {tuple(parameter.shape)} is not a parameter of "
+                                 f"{type(model).__name__}; build the optimizer over the model's own parameters.")
+            ordered.append(names[id(parameter)])
+    return ordered
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """Return the whole optimizer state dict on rank 0 and None on the other ranks.
+
+    The result is keyed by parameter index, as ``optimizer.state_dict()``
+    is. Under FSDP, FSDP gathers the sharded state to rank 0's CPU memory.
+    Every rank must call this, because the gathering is a collective operation.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if not isinstance(model, FullyShardedDataParallel):
+        return optimizer.state_dict() if is_main_process() else None
+    with _full_state_dict_type(model):
+        gathered = FullyShardedDataParallel.optim_state_dict(model, optimizer)
+    if not is_main_process():
+        return None
+    return _rekey_optimizer_state(gathered, optimizer_parameter_names(model, optimizer))
+
+
+def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                              state: dict[str, Any] | None) -> None:
+    """Load a whole optimizer state dict keyed by parameter index, as :func:`full_optimizer_state` returns it.
+
+    Under FSDP every rank must call this. Only rank 0's ``state`` is read,
+    and FSDP sends each rank its shard. Elsewhere ``state`` must be given.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if not isinstance(model, FullyShardedDataParallel):
+        optimizer.load_state_dict(state)
+        return
+    by_name: dict[str, Any] = {}
+    if is_main_process():
+        indices = {index: name for index, name in enumerate(optimizer_parameter_names(model, optimizer))}
+        by_name = _rekey_optimizer_state(state, indices)
+    with _full_state_dict_type(model):
+        local = FullyShardedDataParallel.optim_state_dict_to_load(model, optimizer, by_name)
+    optimizer.load_state_dict(local)
+
+
+def _rekey_optimizer_state(state_dict: dict[str, Any], keys: list[str] | dict[int, str]) -> dict[str, Any]:
+    """Rename the parameters of an optimizer state dict, from names to indices (given a name list) or the reverse."""
+    mapping = {name: index for index, name in enumerate(keys)} if isinstance(keys, list) else keys
+    listed = [key for group in state_dict["param_groups"] for key in group["params"]]
+    unknown = [key for key in [*state_dict["state"], *listed] if key not in mapping]
+    if unknown:
+        raise CheckpointError(f"optimizer state for parameters {unknown[:5]} matches none of the optimizer's "
+                              f"{len(mapping)} parameters; resume with the method and fine-tuning of the checkpoint.")
+    groups = [{**group, "params": [mapping[key] for key in group["params"]]} for group in state_dict["param_groups"]]
+    return {"state": {mapping[key]: entries for key, entries in state_dict["state"].items()}, "param_groups": groups}
+
+
+@contextmanager
+def _full_state_dict_type(model: torch.nn.Module) -> Iterator[None]:
+    """Make FSDP's optimizer state dicts whole, on rank 0 only, with tensors on the CPU."""
+    from torch.distributed.fsdp import (FullOptimStateDictConfig, FullStateDictConfig, FullyShardedDataParallel,
+                                        StateDictType)
+
+    # Offloading copies GPU tensors to the CPU, but it must stay off for
+    # weights on the CPU. There, in PyTorch 2.14, FSDP's offload returns each
+    # state of a parameter (exp_avg, exp_avg_sq) as a view of one reused
+    # gather buffer, so all of them contain the last state's values. Without
+    # offload FSDP clones each state.
+    # NOTE: the offloading (GPU) path has not been run by the tests.
+    offload = next(model.parameters()).device.type != "cpu"
+    with FullyShardedDataParallel.state_dict_type(
+            model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=offload, rank0_only=True),
+            FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=True)):
         yield

@@ -39,7 +39,8 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
-from .checkpoint import load_optimizer, read_record, save_checkpoint
+from .checkpoint import (has_optimizer_state, load_optimizer, read_optimizer_state, read_record,
+                         save_checkpoint)
 from .distributed import ParallelSettings
 from .methods import MethodSpec, TrainingConfig
 from .model import EncodedImages, MdsModel
@@ -426,15 +427,30 @@ class Trainer:
         """Whether the strategy shards the optimizer state (FSDP, DeepSpeed ZeRO). FSDP also shards the weights."""
         return self.processes > 1 and self.parallel.strategy != "ddp"
 
+    @property
+    def saves_optimizer(self) -> bool:
+        """Whether checkpoints store the AdamW state: with every strategy but DeepSpeed (its state is not gathered)."""
+        return self.processes == 1 or self.parallel.strategy != "deepspeed"
+
     def restore_optimizer(self, runner, start_step: int) -> None:
         """Load the AdamW state of the checkpoint that a resumed run starts from."""
         if start_step == 0:
             return
-        if self.shards_weights:
+        if not self.saves_optimizer:
             logger.warning("strategy %s shards the optimizer state, so AdamW restarts from zero moments at step %d",
                            self.parallel.strategy, start_step)
             return
-        if load_optimizer(self.folder, runner.optim_wrapper.optimizer, read_record(self.folder)):
+        optimizer = runner.optim_wrapper.optimizer
+        record = read_record(self.folder)
+        if not self.shards_weights:
+            restored = load_optimizer(self.folder, optimizer, record)
+        else:
+            # Every FSDP rank takes part in scattering the state, but only rank 0 reads the file.
+            restored = has_optimizer_state(self.folder, record)
+            if restored:
+                state = read_optimizer_state(self.folder, record) if distributed.is_main_process() else None
+                distributed.load_full_optimizer_state(runner.model, optimizer, state)
+        if restored:
             logger.info("resumed the optimizer state at step %d", start_step)
 
     def _encode_all(self) -> EncodedImages:
@@ -453,11 +469,13 @@ class Trainer:
 
     def save(self, runner, step: int) -> None:
         """Write the checkpoint of ``step`` from rank 0; the other ranks wait for it."""
-        optimizer = runner.optim_wrapper.optimizer
-        if self.shards_weights:
-            # NOTE: FSDP and DeepSpeed shard the optimizer state, so only the
-            # weights are saved, and a resumed run starts AdamW's moments afresh.
-            optimizer = None
+        # NOTE: DeepSpeed's sharded optimizer state is not gathered, so its
+        # checkpoints contain only the weights and a resumed run restarts
+        # AdamW's moments from zero.
+        optimizer = None
+        if self.saves_optimizer:
+            # Under FSDP every rank sends its shard of the state to rank 0.
+            optimizer = distributed.full_optimizer_state(runner.model, runner.optim_wrapper.optimizer)
         with distributed.full_parameters(runner.model):
             if distributed.is_main_process():
                 save_checkpoint(self.folder, self.model, self.spec, step, optimizer,
