@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -10,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -17,6 +19,21 @@ from safetensors.torch import load_file, save_file
 logger = logging.getLogger(__name__)
 
 TENSOR_NAME = "embedding"
+
+
+def image_key(image: np.ndarray, model_settings: str, encoder_settings: str) -> str:
+    """Return the SHA-256 cache key of an image's embedding.
+
+    The key covers ``model_settings`` (format and preprocessing), the image
+    array (bytes, shape and dtype) and ``encoder_settings`` (the encoder's
+    weights fingerprint and dtypes).
+    """
+    array = np.ascontiguousarray(image)
+    digest = hashlib.sha256()
+    digest.update(f"{model_settings}|{array.shape}|{array.dtype.str}|".encode())
+    digest.update(array.tobytes())
+    digest.update(f"|{encoder_settings}".encode())
+    return digest.hexdigest()
 
 
 class EmbeddingCache:

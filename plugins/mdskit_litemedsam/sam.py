@@ -11,7 +11,6 @@ are the published ones. A LISA checkpoint contains the same state dict under
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import warnings
@@ -30,7 +29,7 @@ from mdskit.geometry import Frame
 from mdskit.layouts import LISA_SAM_PREFIX, check_keys, check_shapes, detect_layout, read_weights
 from mdskit.prompt import DecoderPrompts
 
-from .cache import EmbeddingCache
+from .cache import EmbeddingCache, image_key
 from .litemedsam import CACHE_DTYPES, DTYPES, _resolve_cache_dir, run_sam_decoder
 from .weights import module_fingerprint
 
@@ -149,12 +148,8 @@ class SamDecoder(MaskDecoder):
 
     def cache_key(self, image: np.ndarray) -> str:
         """Return the cache key of an image's embedding."""
-        array = np.ascontiguousarray(image)
-        digest = hashlib.sha256()
-        digest.update(f"{CACHE_FORMAT}|{self.preprocessing}|{array.shape}|{array.dtype.str}|".encode())
-        digest.update(array.tobytes())
-        digest.update(f"|{self.fingerprint}|{self.encoder_dtype}|{self.cache_dtype}".encode())
-        return digest.hexdigest()
+        return image_key(image, f"{CACHE_FORMAT}|{self.preprocessing}",
+                         f"{self.fingerprint}|{self.encoder_dtype}|{self.cache_dtype}")
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
