@@ -150,8 +150,8 @@ def sample_candidates(model: MdsModel, sample: MdsSample, plan: SamplingPlan, se
         row_questions.extend([question] * plan.num_paths)
 
     candidates = _text_candidates(sample, plan, texts, logprobs)
-    wanted = _wanted(candidates, masks_needed)
-    similarity = _decode_masks(model, encoded, wanted, row_questions, plan.num_perturbations, base_seed)
+    to_decode = _candidates_to_decode(candidates, masks_needed)
+    similarity = _decode_masks(model, encoded, to_decode, row_questions, plan.num_perturbations, base_seed)
     return candidates, similarity
 
 
@@ -174,7 +174,7 @@ def _text_candidates(sample: MdsSample, plan: SamplingPlan, texts: list[str],
     return candidates
 
 
-def _wanted(candidates: list[Candidate], masks_needed: MasksNeeded | None) -> list[Candidate]:
+def _candidates_to_decode(candidates: list[Candidate], masks_needed: MasksNeeded | None) -> list[Candidate]:
     """Return the candidates whose masks ``masks_needed`` lists, all when it or its result is None."""
     if masks_needed is None:
         return candidates
@@ -187,9 +187,9 @@ def _wanted(candidates: list[Candidate], masks_needed: MasksNeeded | None) -> li
     return [by_index[index] for index in needed]
 
 
-def _decode_masks(model: MdsModel, encoded: EncodedImages, wanted: list[Candidate], row_questions: list[str],
+def _decode_masks(model: MdsModel, encoded: EncodedImages, to_decode: list[Candidate], row_questions: list[str],
                   count: int, base_seed: int) -> torch.Tensor | None:
-    """Decode the masks of the ``wanted`` candidates in place; return the first answer's similarity map.
+    """Decode the masks of the ``to_decode`` candidates in place; return the first answer's similarity map.
 
     Paths with the same text under the same question have the same states
     and masks, so each distinct answer is decoded once, with all its
@@ -198,7 +198,7 @@ def _decode_masks(model: MdsModel, encoded: EncodedImages, wanted: list[Candidat
     def answer_of(candidate: Candidate) -> tuple[str, str]:
         return row_questions[candidate.path_index // count], candidate.text
 
-    answers = list(dict.fromkeys(answer_of(candidate) for candidate in wanted))
+    answers = list(dict.fromkeys(answer_of(candidate) for candidate in to_decode))
     if not answers:
         return None
     position = {answer: index for index, answer in enumerate(answers)}
@@ -208,7 +208,7 @@ def _decode_masks(model: MdsModel, encoded: EncodedImages, wanted: list[Candidat
     seeds = [answer_seed(base_seed, question, text) for question, text in answers]
     masks = model.masks_from_text(repeated, output, num_perturbations=count, perturbation_seeds=seeds)
 
-    for candidate in wanted:
+    for candidate in to_decode:
         index = position[answer_of(candidate)] * count + candidate.perturbation
         candidate.mask_logits = masks.mask_logits[index]
         candidate.seg_found = masks.seg_found[index]

@@ -8,7 +8,7 @@ with ``uses_ground_truth`` set (the oracle, an upper bound for analysis)
 see the ground truth, and the pipeline passes it to them in evaluation only.
 
 Decoding a mask costs more than sampling a path on a CPU, so the pipeline
-first builds the candidates without masks and asks the strategy's
+first builds the candidates without masks and calls the strategy's
 :meth:`TestTimeScaling.masks_needed` which masks its selection reads; only
 those are decoded.
 """

@@ -442,7 +442,8 @@ def test_max_fused_paths_decodes_only_the_fused_masks(registry, checkpoint):
     assert record["tts_params"]["max_fused_paths"] == 1
     candidates = record["candidates"]
     decoded = [candidate for candidate in candidates if candidate["decoded"]]
-    assert len(candidates) == 3 and len(decoded) == 1
+    assert len(candidates) == 3
+    assert len(decoded) == 1
     assert decoded[0]["mean_logprob"] == max(candidate["mean_logprob"] for candidate in candidates)
     assert decoded[0]["mask_area"] == record["mask_area_pixels"]
     assert all(candidate["mask_area"] is None for candidate in candidates if not candidate["decoded"])

@@ -20,7 +20,7 @@ from mdskit.model import MdsModel
 from mdskit.testing import ContractViolation, TtsStrategyContract, synthetic_samples
 from mdskit.tts import Candidate, Selection, TestTimeScaling, checked_masks_needed
 
-# --- which masks each strategy asks for ------------------------------------------------------------
+# --- the masks each strategy lists ------------------------------------------------------------
 
 
 def square(top: int, left: int, size: int = 3) -> torch.Tensor:
@@ -51,12 +51,12 @@ def without_masks(candidates: list[Candidate]) -> list[Candidate]:
 
 def only_decoded(candidates: list[Candidate], needed: list[int] | None) -> list[Candidate]:
     """Copy the candidates, dropping every mask outside ``needed`` (None keeps all)."""
-    kept = copy.deepcopy(candidates)
-    for candidate in kept:
+    copies = copy.deepcopy(candidates)
+    for candidate in copies:
         if needed is not None and candidate.path_index not in needed:
             candidate.mask_logits = None
             candidate.iou_score = None
-    return kept
+    return copies
 
 
 def test_self_consistency_decodes_the_three_most_probable_voters():
@@ -82,13 +82,13 @@ def test_self_consistency_fuses_only_the_capped_paths():
     assert capped.chosen == every.chosen == [0, 1, 2, 3, 4]
 
 
-def test_self_consistency_tie_in_logprob_keeps_the_lower_path():
+def test_self_consistency_logprob_tie():
     candidates = voters(["normal"] * 4, [-0.2, -0.2, -0.2, -0.2])
 
     assert SelfConsistency(num_paths=4, max_fused_paths=1).masks_needed(without_masks(candidates)) == [0]
 
 
-def test_self_consistency_keeps_all_region_prompts_of_a_path():
+def test_self_consistency_region_prompts_together():
     candidates = voters(["benign", "benign", "benign"], [-0.3, -0.1, -0.2], perturbations=2)
 
     needed = SelfConsistency(num_paths=3, num_perturbations=2, max_fused_paths=2).masks_needed(
@@ -107,7 +107,8 @@ def test_self_consistency_without_seg_reads_one_empty_mask():
     selection = strategy.select(only_decoded(candidates, needed))
 
     assert needed == [1]
-    assert not selection.mask.any() and tuple(selection.mask.shape) == (8, 8)
+    assert not selection.mask.any()
+    assert tuple(selection.mask.shape) == (8, 8)
     assert "contains" in selection.failure
 
 
@@ -144,7 +145,7 @@ def test_mask_scores_read_every_mask(strategy):
     assert strategy.masks_needed(without_masks(candidates)) is None
 
 
-def test_reading_a_mask_that_was_not_decoded_names_the_fix():
+def test_undecoded_mask_read_error():
     candidates = voters(["benign", "benign"], [-0.1, -0.2])
     candidates[0].mask_logits = None
 

@@ -214,8 +214,9 @@ def _most_probable_paths(ordered: Sequence[Candidate], positions: Iterable[int],
     """Return the positions with ``[SEG]`` of the ``limit`` most probable paths among ``positions`` (0: all).
 
     A path is one sampled answer to one phrasing. Its n region prompts are
-    n candidates with its text and log-probability, kept or dropped together. Paths rank by ``mean_logprob``, the lowest path
-    index breaking a tie. The positions come back in path-index order.
+    n candidates with its text and log-probability, selected or dropped
+    together. Paths rank by ``mean_logprob``, the lowest path index breaking
+    a tie. The positions come back in path-index order.
     """
     paths: dict[tuple[int, int], list[int]] = {}
     for position in positions:
@@ -223,8 +224,8 @@ def _most_probable_paths(ordered: Sequence[Candidate], positions: Iterable[int],
         if candidate.seg_found:
             paths.setdefault((candidate.question_index, candidate.sampled_path), []).append(position)
     ranked = sorted(paths.values(), key=lambda members: (-ordered[members[0]].mean_logprob, members[0]))
-    kept = ranked if limit == 0 else ranked[:limit]
-    return sorted(position for members in kept for position in members)
+    selected = ranked if limit == 0 else ranked[:limit]
+    return sorted(position for members in selected for position in members)
 
 
 def _fuse(ordered: Sequence[Candidate], vote: _Vote) -> tuple[torch.Tensor, torch.Tensor | None]:
